@@ -1,0 +1,1 @@
+"""One module per part of the system; each adds its commands to the root app in `register(app, ingest_app)`."""

@@ -1,0 +1,73 @@
+"""`geocurate db upgrade`, `geocurate status`, `geocurate config`."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from geocurate.settings import get_settings
+
+db_app = typer.Typer(help="Manage the SQL store.", no_args_is_help=True)
+config_app = typer.Typer(help="Show the configuration.", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision to upgrade to.")) -> None:
+    """Create or migrate the store's tables (alembic upgrade)."""
+    from db.engine import masked
+    from db.migrate import current_revision, upgrade
+
+    url = get_settings().database_url
+    upgrade(url, revision)
+    typer.echo(f"store {masked(url)} at revision {current_revision(url)}")
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective settings (secrets masked)."""
+    for name, value in get_settings().model_dump().items():
+        typer.echo(f"GEOCURATE_{name.upper()}={'' if value is None else value}")
+
+
+@config_app.command("docs")
+def config_docs() -> None:
+    """Print the README's configuration table (generated from the settings class)."""
+    from geocurate.config_docs import settings_table
+
+    typer.echo(settings_table())
+
+
+def status() -> None:
+    """Counts per table and state, queued/claimed/failed work and the newest failures."""
+    from db.engine import check_connection, masked, session_scope
+    from db.status import store_status
+
+    url = get_settings().database_url
+    check_connection(url)
+    with session_scope(url) as session:
+        result = store_status(session)
+    console = Console()
+    table = Table(title=f"geocurate store {masked(url)}")
+    table.add_column("table")
+    table.add_column("state")
+    table.add_column("rows", justify="right")
+    for name, states in result.counts.items():
+        if not states:
+            table.add_row(name, "-", "0")
+        for state, n in sorted(states.items()):
+            table.add_row(name, state, str(n))
+    console.print(table)
+    if result.recent_failures:
+        failures = Table(title="newest failures")
+        for column in ("when", "what", "error"):
+            failures.add_column(column)
+        for row in result.recent_failures:
+            failures.add_row(*row)
+        console.print(failures)
+
+
+def register(app: typer.Typer, ingest_app: typer.Typer) -> None:
+    app.add_typer(db_app, name="db")
+    app.add_typer(config_app, name="config")
+    app.command("status")(status)
