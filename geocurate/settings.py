@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = Field(100, description="Recycle a worker child after this many tasks.")
     task_max_retries: int = Field(5, description="Retries for transient failures (database, Label Studio 5xx).")
     retry_backoff_max: int = Field(300, description="Largest retry delay in seconds (exponential backoff with jitter).")
+    queue_prefix: str = Field(
+        "", description="Prefix of every queue name, so several deployments (or test runs) can share one broker."
+    )
 
     # --- labeling --------------------------------------------------------------------------------------------------
     label_studio_url: str | None = Field(
