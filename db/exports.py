@@ -1,0 +1,114 @@
+"""Export records and the store queries behind them: every export is a row with its parameters, counts and content
+hash, and its items say which image (and clue) went into which split, so a trained model traces back to its data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sqlalchemy import Column, Integer, MetaData, Select, String, Table, and_, func, select
+from sqlalchemy.orm import Session
+
+from db.models import Clue, CluePair, Export, ExportItem, Image, Score, ScorerVersion, utcnow
+from db.upsert import insert_ignore
+
+STREAM_ROWS = 5000  # rows fetched per round trip from a server-side cursor
+GROUP_TABLE = "export_groups"
+
+
+def stream(session: Session, stmt: Select, rows: int = STREAM_ROWS) -> Iterator[Any]:
+    """Rows one by one from a server-side cursor (PostgreSQL) or SQLite's lazy cursor: memory stays constant
+    whatever the table size."""
+    yield from session.execute(stmt.execution_options(yield_per=rows, stream_results=True))
+
+
+def latest_scorer_version(session: Session) -> str | None:
+    """The scorer version registered last, else the one with most scores (scores written without registration)."""
+    version = session.scalar(select(ScorerVersion.version).order_by(ScorerVersion.created_at.desc()).limit(1))
+    if version:
+        return version
+    return session.scalar(
+        select(Score.scorer_version).group_by(Score.scorer_version)
+        .order_by(func.count().desc(), Score.scorer_version).limit(1)
+    )
+
+
+def find_export(session: Session, name: str) -> Export | None:
+    return session.scalar(select(Export).where(Export.name == name))
+
+
+def begin_export(session: Session, name: str, scorer_version: str, threshold: float, params: dict[str, Any],
+                 path: str) -> int:
+    """Create the export row in state "building"; a name that failed or died mid-build is reused, a finished one
+    never is (exports are immutable)."""
+    existing = find_export(session, name)
+    if existing is not None:
+        if existing.status == "done":
+            raise FileExistsError(name)
+        session.query(ExportItem).filter(ExportItem.export_id == existing.id).delete()
+        existing.scorer_version, existing.threshold, existing.params = scorer_version, threshold, params
+        existing.path, existing.status, existing.counts, existing.content_hash = path, "building", {}, None
+        existing.created_at = utcnow()
+        session.flush()
+        return existing.id
+    export = Export(name=name, scorer_version=scorer_version, threshold=threshold, params=params, path=path,
+                    status="building", counts={}, created_at=utcnow())
+    session.add(export)
+    session.flush()
+    return export.id
+
+
+def finish_export(session: Session, export_id: int, counts: dict[str, Any], content_hash: str) -> None:
+    export = session.get(Export, export_id)
+    export.counts, export.content_hash, export.status = counts, content_hash, "done"
+
+
+def fail_export(session: Session, export_id: int) -> None:
+    export = session.get(Export, export_id)
+    if export is not None:
+        export.status = "failed"
+
+
+def add_export_items(session: Session, rows: Iterable[dict[str, Any]]) -> int:
+    return insert_ignore(session, ExportItem.__table__, rows, conflict=["export_id", "dataset", "image_id", "clue_id"])
+
+
+def create_group_table(session: Session) -> Table:
+    """A per-connection temporary table image → place key. Keys are computed in Python (normalised city names,
+    H3 cells), and the table lets the database sort the selection by them so duplicates and splits are handled
+    one place at a time without holding the export in memory."""
+    table = Table(
+        GROUP_TABLE, MetaData(),
+        Column("image_id", Integer, primary_key=True),
+        Column("group_key", String(200), nullable=False),
+        prefixes=["TEMPORARY"],
+    )
+    connection = session.connection()
+    table.drop(connection, checkfirst=True)
+    table.create(connection)
+    return table
+
+
+def drop_group_table(session: Session, table: Table) -> None:
+    table.drop(session.connection(), checkfirst=True)
+
+
+def add_place_keys(session: Session, table: Table, rows: Iterable[dict[str, Any]]) -> int:
+    return insert_ignore(session, table, rows, conflict=["image_id"])
+
+
+def group_sizes(session: Session, table: Table) -> dict[str, int]:
+    rows = session.execute(select(table.c.group_key, func.count()).group_by(table.c.group_key))
+    return {key: int(n) for key, n in rows}
+
+
+def accepted_clue_pairs() -> Select:
+    """Accepted clues with their paired images, in a stable order: the reasoning stage's examples."""
+    return (
+        select(Clue.id.label("clue_id"), Clue.sha256.label("clue_sha256"), Clue.text, Clue.country.label("clue_country"),
+               Image.id, Image.sha256, Image.uri, Image.lat, Image.lon, Image.country_code, Image.city)
+        .join(CluePair, CluePair.clue_id == Clue.id)
+        .join(Image, and_(Image.id == CluePair.image_id))
+        .where(Clue.status == "accepted", Clue.country.is_not(None))
+        .order_by(Clue.sha256, Image.sha256)
+    )

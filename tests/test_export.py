@@ -1,0 +1,229 @@
+"""Exports: the final decision (human label wins both ways, quarantine never exported), geo-aware splits,
+near-duplicate removal, reproducible content hashes, immutable folders, store records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from curation.decisions import decided_images, final_decision
+from curation.embeddings import store_embeddings
+from curation.export import build_export, evidence_sentence
+from db import models as m
+from db.engine import session_scope
+from db.images import add_images, ids_by_sha
+from db.quarantine import quarantine
+from db.scores import add_scores
+from geocurate.errors import UserError
+from geocurate.export_format import MANIFEST, PROMPT, SPLITS, location_file, read_examples, reasoning_file
+
+EMBEDDING_VERSION = "test-emb"
+CITIES = [("PL", "Kraków", 50.06, 19.94), ("PL", "Gdańsk", 54.35, 18.65), ("DE", "Berlin", 52.52, 13.40),
+          ("DE", "München", 48.14, 11.58), ("FR", "Paris", 48.86, 2.35), ("FR", "Lyon", 45.76, 4.84),
+          ("JP", "Tokyo", 35.68, 139.69), ("BR", "Recife", -8.05, -34.9)]
+PER_CITY = 4
+
+
+def sha(n: int) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
+def seed_store(version: str = "v1") -> dict[str, int]:
+    """8 cities × 4 images, plus 6 images without a city spread over 3 far-apart places (2 per place); scores
+    rise with n so every threshold keeps a different set. Each image has a distinct random embedding."""
+    rows, scores = [], []
+    n = 0
+    for country, city, lat, lon in CITIES:
+        for k in range(PER_CITY):
+            rows.append(dict(sha256=sha(n), uri=f"/data/{n}.jpg", width=640, height=480, lat=lat + k * 0.01,
+                             lon=lon + k * 0.01, country_code=country, city=city, source="t"))
+            n += 1
+    for lat, lon in [(60.0, 25.0), (-33.9, 18.4), (40.7, -74.0)]:
+        for k in range(2):
+            rows.append(dict(sha256=sha(n), uri=f"/data/{n}.png", width=640, height=480, lat=lat + k * 0.001,
+                             lon=lon, country_code={60.0: "FI", -33.9: "ZA", 40.7: "US"}[lat], city=None, source="t"))
+            n += 1
+    with session_scope() as s:
+        add_images(s, rows)
+        ids = ids_by_sha(s, [r["sha256"] for r in rows])
+        rng = np.random.default_rng(0)
+        vectors = {}
+        for i, row in enumerate(rows):
+            image_id = ids[row["sha256"]]
+            scores.append(dict(image_id=image_id, scorer_version=version, locatability=0.2 + 0.6 * i / len(rows),
+                               class_ratios={"6": 0.4, "43": 0.05, "2": 0.3}, decision="keep"))
+            v = rng.normal(size=16).astype(np.float32)
+            vectors[image_id] = v / np.linalg.norm(v)
+        add_scores(s, scores)
+        store_embeddings(s, vectors, EMBEDDING_VERSION)
+    return {r["sha256"]: ids[r["sha256"]] for r in rows}
+
+
+def export(name: str, **kwargs):
+    kwargs.setdefault("embedding_version", EMBEDDING_VERSION)
+    kwargs.setdefault("threshold", 0.4)
+    return build_export(None, name, **kwargs)
+
+
+def all_examples(path: Path):
+    return {s: read_examples(location_file(path, s)) for s in SPLITS}
+
+
+def test_final_decision_rule():
+    assert final_decision(0.9, None, 0.4) and not final_decision(0.1, None, 0.4)
+    assert final_decision(0.4, None, 0.4)
+    assert final_decision(0.05, "locatable", 0.4) and not final_decision(0.95, "unusable", 0.4)
+    assert not final_decision(0.95, "not_locatable", 0.4) and not final_decision(0.95, None, 0.4, quarantined=True)
+
+
+def test_sql_decision_agrees_with_python(store_url):
+    ids = seed_store()
+    with session_scope() as s:
+        s.add_all([m.ReviewTask(item_kind="image", item_id=ids[sha(0)], state="done", final_label="locatable"),
+                   m.ReviewTask(item_kind="image", item_id=ids[sha(37)], state="done", final_label="unusable"),
+                   m.ReviewTask(item_kind="image", item_id=ids[sha(36)], state="pending", final_label="unusable")])
+    with session_scope() as s:
+        rows = s.execute(decided_images("v1", 0.5, kept_only=False)).all()
+    assert len(rows) == len(ids)
+    for row in rows:
+        assert bool(row.kept) == final_decision(row.locatability, row.human_label, 0.5), row
+
+
+def test_export_writes_the_training_format_and_manifest(store_url):
+    seed_store()
+    result = export("first")
+    manifest = json.loads((result.path / MANIFEST).read_text())
+    assert manifest["content_hash"] == result.content_hash and manifest["threshold"] == 0.4
+    for relative, digest in manifest["files"].items():
+        assert hashlib.sha256((result.path / relative).read_bytes()).hexdigest() == digest
+    examples = all_examples(result.path)
+    total = sum(len(v) for v in examples.values())
+    assert total == sum(manifest["counts"]["location"].values()) > 0
+    example = examples["train"][0]
+    assert example.prompt == PROMPT and example.image.startswith("images/") and example.answer.reasons
+    assert (result.path / example.image).is_symlink()
+    assert example.answer.country in {"Poland", "Germany", "France", "Japan", "Brazil", "Finland", "South Africa",
+                                      "United States"}
+    per_country = sum(sum(c.values()) for c in manifest["counts"]["per_country"].values())
+    assert per_country == total
+    with session_scope() as s:
+        record = s.scalar(select(m.Export).where(m.Export.name == "first"))
+        assert record.status == "done" and record.content_hash == result.content_hash
+        items = s.scalar(select(func.count()).select_from(m.ExportItem).where(m.ExportItem.export_id == record.id))
+    assert items == total
+
+
+def test_threshold_selects_and_no_place_is_in_two_splits(store_url):
+    ids = seed_store()
+    result = export("geo", threshold=0.0, dedup=False)
+    examples = all_examples(result.path)
+    assert sum(len(v) for v in examples.values()) == len(ids)
+    place_split: dict[str, str] = {}
+    for split_name, rows in examples.items():
+        for ex in rows:
+            place = ex.meta["place"]
+            assert place_split.setdefault(place, split_name) == split_name, place
+            if ex.city:
+                assert place == f"city:{ex.country_code}:{ex.city.lower().replace('ó', 'o').replace('ń', 'n').replace('ü', 'u')}"
+            else:
+                assert place.startswith("h3:")
+    assert all(examples[s] for s in SPLITS), {s: len(v) for s, v in examples.items()}
+    cities = {s: {ex.city for ex in v if ex.city} for s, v in examples.items()}
+    assert not (cities["train"] & cities["val"]) and not (cities["train"] & cities["test"])
+    assert not (cities["val"] & cities["test"])
+
+
+def test_same_inputs_same_hash_and_threshold_changes_it(store_url):
+    seed_store()
+    a = export("a", seed=3)
+    b = export("b", seed=3)
+    assert a.content_hash == b.content_hash
+    for s in SPLITS:
+        assert location_file(a.path, s).read_bytes() == location_file(b.path, s).read_bytes()
+    assert export("c", seed=3, threshold=0.45).content_hash != a.content_hash
+    assert export("d", seed=3, threshold=0.401).content_hash != a.content_hash  # same rows, other parameters
+    assert export("e", seed=4).content_hash != a.content_hash
+
+
+def test_quarantined_images_never_appear(store_url):
+    ids = seed_store()
+    with session_scope() as s:
+        s.get(m.Image, ids[sha(30)]).status = "quarantined"
+        quarantine(s, "image", sha(31), "corrupt image")
+        quarantine(s, "image", "/data/33.png", "corrupt image")
+        s.add(m.ReviewTask(item_kind="image", item_id=ids[sha(29)], state="done", final_label="locatable"))
+    s29_kept = export("q", threshold=0.0, dedup=False)
+    exported = {ex.id for rows in all_examples(s29_kept.path).values() for ex in rows}
+    assert sha(29) in exported
+    assert not exported & {sha(30), sha(31), sha(33)}
+    assert len(exported) == len(ids) - 3
+
+
+def test_human_label_overrides_score_both_ways(store_url):
+    ids = seed_store()
+    low, high = sha(0), sha(len(ids) - 1)  # lowest and highest locatability
+    with session_scope() as s:
+        s.add(m.ReviewTask(item_kind="image", item_id=ids[low], state="done", final_label="locatable",
+                           final_country="CZ"))
+        s.add(m.ReviewTask(item_kind="image", item_id=ids[high], state="done", final_label="not_locatable"))
+    result = export("human", dedup=False)
+    exported = {ex.id: ex for rows in all_examples(result.path).values() for ex in rows}
+    assert low in exported and high not in exported
+    assert exported[low].country_code == "CZ" and exported[low].answer.country == "Czechia"
+    assert exported[low].meta["human_label"] == "locatable"
+
+
+def test_near_duplicates_removed_keeping_the_most_locatable(store_url):
+    ids = seed_store()
+    # images 0..3 are one city: make 1 and 2 near-copies of 3 (the most locatable of the four)
+    with session_scope() as s:
+        base = np.frombuffer(s.get(m.ImageEmbedding, (ids[sha(3)], EMBEDDING_VERSION)).vector, np.float32)
+        for n, noise in ((1, 0.01), (2, 0.02)):
+            v = base + noise * np.ones_like(base)
+            s.get(m.ImageEmbedding, (ids[sha(n)], EMBEDDING_VERSION)).vector = (v / np.linalg.norm(v)).tobytes()
+    result = export("dedup", threshold=0.0)
+    exported = {ex.id for rows in all_examples(result.path).values() for ex in rows}
+    assert result.removed_duplicates == 2 == result.counts["removed_duplicates"]
+    assert sha(3) in exported and sha(0) in exported and not exported & {sha(1), sha(2)}
+
+
+def test_export_names_are_immutable(store_url):
+    seed_store()
+    first = export("once")
+    with pytest.raises(UserError, match="already exists"):
+        export("once", threshold=0.1)
+    assert json.loads((first.path / MANIFEST).read_text())["threshold"] == 0.4
+    with pytest.raises(UserError, match="split"):
+        export("bad", split="0.5/0.5/0.5")
+
+
+def test_reasoning_file_has_accepted_clues_outside_held_out_places(store_url):
+    ids = seed_store()
+    with session_scope() as s:
+        accepted = m.Clue(sha256=sha(1000), text="Yellow-backed signs and Cyrillic-free Polish text.", country="PL",
+                          status="accepted")
+        rejected = m.Clue(sha256=sha(1001), text="nice view", country="PL", status="rejected")
+        s.add_all([accepted, rejected])
+        s.flush()
+        s.add_all([m.CluePair(clue_id=accepted.id, image_id=ids[sha(k)], method="given") for k in range(8)])
+        s.add(m.CluePair(clue_id=rejected.id, image_id=ids[sha(0)], method="given"))
+    result = export("reasoning", threshold=0.0, dedup=False)
+    location = all_examples(result.path)
+    held_out = {ex.id for s in ("val", "test") for ex in location[s]}
+    examples = read_examples(reasoning_file(result.path))
+    assert examples and all(ex.answer.reasons == accepted.text for ex in examples)
+    assert all(ex.answer.country == "Poland" for ex in examples)
+    image_shas = {ex.image.split("/")[1].split(".")[0] for ex in examples}
+    assert not image_shas & held_out
+    assert len(examples) + result.counts["reasoning"]["held_out"] == 8
+
+
+def test_evidence_sentence_names_top_classes():
+    sentence = evidence_sentence({"6": 0.36, "1": 0.2, "2": 0.33, "43": 0.01})
+    assert "road" in sentence
+    assert evidence_sentence({}).startswith("The scene shows little")
