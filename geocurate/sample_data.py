@@ -6,6 +6,12 @@ so that locatability varies. Coordinates are real city centres with a little jit
 metrics behave as they do on real data. The set also carries the bad input every run must survive — one corrupt
 image file, one metadata row with impossible coordinates, one malformed clue line — so the demo shows quarantine.
 
+Layout (the input formats `geocurate ingest images` and `geocurate ingest clues` read):
+
+    <out>/images/street_NNNN.jpg
+    <out>/metadata.csv     filename,lat,lon,country_code,city,source   (filename relative to images/)
+    <out>/clues.jsonl      {"text", "source", optional "country" (ISO alpha-2), optional "image" (relative to <out>)}
+
 The same seed gives byte-identical files (fixed encoder settings, no timestamps, seeded random streams).
 """
 
@@ -259,7 +265,7 @@ def _write_clues(sample: SampleSet, placements, rng: random.Random, n_clues: int
             record["text"] = f"{record['text']} (round {index // len(COUNTRIES) + 1})"
         matching = [i for i in scenes if placements[i][0].code == country.code]
         if matching and rng.random() < 0.5:
-            record["image"] = sample.image_files[rng.choice(matching)]
+            record["image"] = f"{IMAGES_DIR}/{sample.image_files[rng.choice(matching)]}"  # relative to clues.jsonl
         if rng.random() < 0.5:
             record["country"] = country.code
         lines.append(json.dumps(record, ensure_ascii=False, sort_keys=True))

@@ -77,8 +77,9 @@ def test_bad_input_is_there_for_quarantine(tmp_path):
     (duplicate,) = sample.duplicate_clue_lines
     normalised = {n: " ".join(r["text"].lower().split()) for n, r in records.items()}
     assert list(normalised.values()).count(normalised[duplicate]) == 2
-    paired = [r["image"] for r in records.values() if "image" in r]
-    assert paired and set(paired) <= set(sample.readable_images) - set(sample.uninformative_images)
+    paired = [sample.clues_jsonl.parent / r["image"] for r in records.values() if "image" in r]
+    assert paired and all(path.is_file() for path in paired), "image paths are relative to clues.jsonl"
+    assert {path.name for path in paired} <= set(sample.readable_images) - set(sample.uninformative_images)
     assert {r["country"] for r in records.values() if "country" in r} <= {c.code for c in COUNTRIES}
 
 
