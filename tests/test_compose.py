@@ -107,10 +107,11 @@ def test_every_geocurate_variable_is_a_valid_setting(service, monkeypatch):
     )
 
 
-def test_no_geocurate_variable_anywhere_in_the_file_is_unknown():
-    """Catches GEOCURATE_ names outside `environment:` too (interpolations, comments with copy-paste settings)."""
+@pytest.mark.parametrize("filename", ["docker-compose.yml", "Dockerfile"])
+def test_no_geocurate_variable_anywhere_in_the_files_is_unknown(filename):
+    """Catches GEOCURATE_ names outside `environment:` too (the Dockerfile's ENV, interpolations, comments)."""
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    used = set(re.findall(r"\bGEOCURATE_[A-Z0-9_]+", (ROOT / "docker-compose.yml").read_text()))
+    used = set(re.findall(r"\bGEOCURATE_[A-Z0-9_]+", (ROOT / filename).read_text()))
     assert used and used <= known, sorted(used - known)
 
 
