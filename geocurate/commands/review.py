@@ -1,7 +1,153 @@
-"""Commands of this part (filled in by its issue)."""
+"""`geocurate review route|push|pull|list|decide|stats|webhook`: human review of what the machine cannot decide."""
+
+from __future__ import annotations
+
+from enum import Enum
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from geocurate.errors import UserError
+from geocurate.settings import get_settings
+
+review_app = typer.Typer(help="Human review in Label Studio (or the local review queue).", no_args_is_help=True)
+
+KINDS = {"images": "image", "clues": "clue"}
+
+
+class Kind(str, Enum):
+    images = "images"
+    clues = "clues"
+
+
+def _kind(kind: Kind | None) -> str | None:
+    return KINDS[kind.value] if kind else None
+
+
+@review_app.command("route")
+def route(scorer_version: str = typer.Option(None, help="Scorer version whose band to route; default: the newest.")) -> None:
+    """Queue borderline images (score in the review band) and clues assessed as review."""
+    from sqlalchemy import select
+
+    from db.engine import session_scope
+    from db.models import ScorerVersion
+    from labeling.routing import route_for_review
+
+    with session_scope() as session:
+        version = scorer_version or session.scalar(
+            select(ScorerVersion.version).order_by(ScorerVersion.created_at.desc()).limit(1)
+        )
+        if version is None:
+            raise UserError("no scorer version in the store yet: run scoring first, or pass --scorer-version")
+        summary = route_for_review(session, version)
+    typer.echo(f"queued {summary.images_queued} new images ({summary.images_in_band} in the band of {version}) "
+               f"and {summary.clues_queued} new clues ({summary.clues_in_review} in review)")
+
+
+@review_app.command("push")
+def push(kind: Kind = typer.Option(None, help="Only images or only clues."),
+         limit: int = typer.Option(None, min=1, help="At most this many tasks per kind, most uncertain first.")) -> None:
+    """Create Label Studio tasks for queued items (never twice), with the machine's prediction."""
+    from labeling.push import push_tasks
+
+    summary = push_tasks(get_settings().database_url, kind=_kind(kind), limit=limit)
+    projects = ", ".join(f"{k}: project {v}" for k, v in summary.projects.items()) or "nothing to push"
+    typer.echo(f"created {summary.created} tasks, adopted {summary.reconciled} existing, "
+               f"quarantined {summary.quarantined} ({projects})")
+
+
+@review_app.command("pull")
+def pull() -> None:
+    """Bring every annotation back into the store and resolve each task's decision."""
+    from labeling.pull import pull_annotations
+
+    s = pull_annotations(get_settings().database_url)
+    typer.echo(f"pulled {s.tasks} tasks, {s.annotations} annotations ({s.deleted} deleted since last pull): "
+               f"{s.done} done, {s.conflicted} conflicted, {s.pending} pending; {s.changed} decisions changed"
+               + (f"; {s.quarantined} unknown countries quarantined" if s.quarantined else ""))
+
+
+@review_app.command("list")
+def list_queue(kind: Kind = typer.Option(None, help="Only images or only clues."),
+               state: list[str] = typer.Option(["pending", "conflicted"], help="States to show (repeatable)."),
+               limit: int = typer.Option(50, min=1, help="Rows to show.")) -> None:
+    """The review queue, most uncertain first (the local queue when Label Studio is not configured)."""
+    from db.engine import session_scope
+    from db.review import review_queue
+
+    with session_scope() as session:
+        rows = review_queue(session, _kind(kind), states=state, limit=limit)
+    table = Table(title="review queue")
+    for column in ("id", "kind", "item", "priority", "state", "label", "country", "LS task", "reason"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(str(r.id), r.item_kind, str(r.item_id), f"{r.priority:.2f}" if r.priority is not None else "",
+                      r.state, r.final_label or "", r.final_country or "", str(r.ls_task_id or ""), r.reason or "")
+    Console().print(table)
+
+
+@review_app.command("decide")
+def decide(review_task_id: int = typer.Argument(..., help="Row id from `geocurate review list`."),
+           label: str = typer.Argument(..., help="locatable / not_locatable / unusable, or geo_clue / no_geo_clue."),
+           country: str = typer.Option(None, help="Country (ISO code or English name) the reviewer recognised.")) -> None:
+    """Record a decision from the local queue (teams reviewing without Label Studio)."""
+    from curation.countries import country_code
+    from db.engine import session_scope
+    from db.models import ReviewTask
+    from db.review import set_decision
+    from labeling.configs import interface_for
+
+    with session_scope() as session:
+        task = session.get(ReviewTask, review_task_id)
+        if task is None:
+            raise UserError(f"no review task {review_task_id}; see `geocurate review list`")
+        if task.ls_task_id is not None:
+            raise UserError(f"review task {review_task_id} is in Label Studio (task {task.ls_task_id}): decide there")
+        labels = interface_for(task.item_kind).labels
+        if label not in labels:
+            raise UserError(f"label for a {task.item_kind} must be one of {', '.join(labels)}")
+        code = country_code(country) if country else None
+        if country and code is None:
+            raise UserError(f"unknown country {country!r}; give an ISO code (PL) or an English name (Poland)")
+        set_decision(session, task, "done", label, code)
+    typer.echo(f"review task {review_task_id}: {label}" + (f" ({code})" if code else ""))
+
+
+@review_app.command("stats")
+def stats() -> None:
+    """Per-project counts (pending, done, conflicted), annotator agreement and time per task."""
+    from db.engine import session_scope
+    from labeling.stats import review_stats
+
+    with session_scope() as session:
+        result = review_stats(session)
+    table = Table(title="review")
+    for column in ("project", "pending", "in Label Studio", "done", "conflicted", "annotations", "agreement",
+                   "s/task"):
+        table.add_column(column)
+    for p in result:
+        kappa = f"{p.kappa_kind} κ={p.kappa:.2f} ({p.multi_annotated_tasks} tasks)" if p.kappa is not None else "-"
+        table.add_row(p.project_title, str(p.states.get("pending", 0)), str(p.states.get("pending_in_label_studio", 0)),
+                      str(p.states.get("done", 0)), str(p.states.get("conflicted", 0)), str(p.annotations), kappa,
+                      f"{p.mean_seconds_per_task:.1f}" if p.mean_seconds_per_task else "-")
+    Console().print(table)
+
+
+@review_app.command("webhook")
+def webhook(host: str = typer.Option(None, help="Bind address (default GEOCURATE_WEBHOOK_HOST)."),
+            port: int = typer.Option(None, help="Port (default GEOCURATE_WEBHOOK_PORT).")) -> None:
+    """Receive Label Studio's annotation webhooks and pull the annotated task."""
+    import uvicorn
+
+    from labeling.webhook import create_app, default_handler
+
+    settings = get_settings()
+    if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
+        raise UserError("GEOCURATE_WEBHOOK_SECRET is not set: the receiver would reject every webhook")
+    uvicorn.run(create_app(default_handler(settings)), host=host or settings.webhook_host,
+                port=port or settings.webhook_port, log_level="info")
 
 
 def register(app: typer.Typer, ingest_app: typer.Typer) -> None:
-    pass
+    app.add_typer(review_app, name="review")

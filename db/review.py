@@ -1,0 +1,161 @@
+"""Review tasks and their annotations: the store's side of human review.
+
+A review_tasks row is the review queue entry for one image or clue (unique per item, so routing twice queues once);
+`ls_task_id` ties it to its Label Studio task so a push is never repeated. Annotations are upserted by their
+Label Studio id, keeping every annotator's answer, and the task's final decision is resolved from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from db.models import Annotation, Clue, ReviewTask, utcnow
+from db.upsert import insert_ignore, upsert
+
+OPEN_STATES = ("pending", "conflicted")
+
+
+@dataclass(frozen=True)
+class AnnotationRecord:
+    ls_annotation_id: int
+    label: str | None
+    country: str | None
+    annotator: str | None
+    lead_time: float | None
+    payload: dict[str, Any]
+
+
+def add_review_tasks(session: Session, rows: Iterable[dict[str, Any]]) -> int:
+    """Queue items for review; an item already queued keeps its row (and its Label Studio task). Returns new rows."""
+    now = utcnow()
+    prepared = ({"state": "pending", "created_at": now, "updated_at": now, **row} for row in rows)
+    return insert_ignore(session, ReviewTask.__table__, prepared, conflict=["item_kind", "item_id"])
+
+
+def unpushed(session: Session, item_kind: str, limit: int | None = None) -> list[ReviewTask]:
+    """Open review tasks not yet in Label Studio, most uncertain first."""
+    stmt = (
+        select(ReviewTask)
+        .where(ReviewTask.item_kind == item_kind, ReviewTask.ls_task_id.is_(None), ReviewTask.state.in_(OPEN_STATES))
+        .order_by(ReviewTask.priority.desc().nulls_last(), ReviewTask.id)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))
+
+
+def set_ls_task(session: Session, review_task_id: int, ls_project_id: int, ls_task_id: int) -> None:
+    session.execute(
+        update(ReviewTask)
+        .where(ReviewTask.id == review_task_id)
+        .values(ls_project_id=ls_project_id, ls_task_id=ls_task_id, updated_at=utcnow())
+    )
+
+
+def by_ls_task(session: Session, ls_task_id: int) -> ReviewTask | None:
+    return session.scalar(select(ReviewTask).where(ReviewTask.ls_task_id == ls_task_id))
+
+
+def get_review_task(session: Session, item_kind: str, item_id: int) -> ReviewTask | None:
+    return session.scalar(select(ReviewTask).where(ReviewTask.item_kind == item_kind, ReviewTask.item_id == item_id))
+
+
+def annotations_of(session: Session, review_task_id: int) -> list[Annotation]:
+    return list(session.scalars(
+        select(Annotation).where(Annotation.review_task_id == review_task_id).order_by(Annotation.ls_annotation_id)
+    ))
+
+
+def replace_annotations(session: Session, review_task_id: int, records: Sequence[AnnotationRecord]) -> int:
+    """Make the store's annotations of one task equal Label Studio's: upsert by annotation id (an edited
+    annotation updates its row) and delete the ones Label Studio no longer has. Returns rows deleted."""
+    now = utcnow()
+    rows = [dict(ls_annotation_id=r.ls_annotation_id, review_task_id=review_task_id, label=r.label, country=r.country,
+                 annotator=r.annotator, lead_time=r.lead_time, payload=r.payload, created_at=now, updated_at=now)
+            for r in records]
+    upsert(session, Annotation.__table__, rows, conflict=["ls_annotation_id"],
+           update=["review_task_id", "label", "country", "annotator", "lead_time", "payload", "updated_at"])
+    keep = [r.ls_annotation_id for r in records]
+    stmt = delete(Annotation).where(Annotation.review_task_id == review_task_id)
+    if keep:
+        stmt = stmt.where(Annotation.ls_annotation_id.not_in(keep))
+    return session.execute(stmt).rowcount or 0
+
+
+def set_decision(session: Session, task: ReviewTask, state: str, label: str | None, country: str | None) -> bool:
+    """Record the resolved decision; a clue's status follows it. Returns True when anything changed."""
+    changed = (task.state, task.final_label, task.final_country) != (state, label, country)
+    if changed:
+        task.state, task.final_label, task.final_country, task.updated_at = state, label, country, utcnow()
+    if task.item_kind == "clue":
+        apply_clue_decision(session, task.item_id, label if state == "done" else None, country)
+    return changed
+
+
+def apply_clue_decision(session: Session, clue_id: int, label: str | None, country: str | None) -> None:
+    """geo_clue accepts the clue (with the annotator's country when given), no_geo_clue rejects it; no decision
+    (annotations deleted, or a tie) puts it back in review."""
+    values: dict[str, Any]
+    if label == "geo_clue":
+        values = {"status": "accepted", "reason": "accepted in human review"}
+        if country:
+            values["country"] = country
+    elif label == "no_geo_clue":
+        values = {"status": "rejected", "reason": "rejected in human review: no geo clue"}
+    else:
+        values = {"status": "review"}
+    session.execute(update(Clue).where(Clue.id == clue_id).values(**values))
+
+
+def human_labels(session: Session, item_kind: str) -> dict[int, tuple[str, str | None]]:
+    """Final human decisions of one kind: item id → (label, ISO alpha-2 country or None). Exports let these
+    override the machine (an image labeled locatable is kept whatever its score)."""
+    rows = session.execute(
+        select(ReviewTask.item_id, ReviewTask.final_label, ReviewTask.final_country)
+        .where(ReviewTask.item_kind == item_kind, ReviewTask.state == "done", ReviewTask.final_label.is_not(None))
+    )
+    return {item_id: (label, country) for item_id, label, country in rows}
+
+
+def review_queue(session: Session, item_kind: str | None = None, states: Sequence[str] = OPEN_STATES,
+                 limit: int | None = None) -> list[ReviewTask]:
+    """The review queue, most uncertain first (the local queue when no Label Studio is configured)."""
+    stmt = select(ReviewTask).where(ReviewTask.state.in_(list(states)))
+    if item_kind:
+        stmt = stmt.where(ReviewTask.item_kind == item_kind)
+    stmt = stmt.order_by(ReviewTask.priority.desc().nulls_last(), ReviewTask.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))
+
+
+def state_counts(session: Session) -> dict[str, dict[str, int]]:
+    """{item_kind: {state: n}}; pushed/unpushed split is in the `pending_in_label_studio` pseudo-state."""
+    counts: dict[str, dict[str, int]] = {}
+    for kind, state, n in session.execute(
+        select(ReviewTask.item_kind, ReviewTask.state, func.count()).group_by(ReviewTask.item_kind, ReviewTask.state)
+    ):
+        counts.setdefault(kind, {})[state] = n
+    for kind, n in session.execute(
+        select(ReviewTask.item_kind, func.count())
+        .where(ReviewTask.state == "pending", ReviewTask.ls_task_id.is_not(None))
+        .group_by(ReviewTask.item_kind)
+    ):
+        counts.setdefault(kind, {})["pending_in_label_studio"] = n
+    return counts
+
+
+def annotations_by_task(session: Session, item_kind: str) -> dict[int, list[Annotation]]:
+    """Every annotation of one kind grouped by review task (agreement and time-per-task statistics)."""
+    grouped: dict[int, list[Annotation]] = {}
+    for annotation in session.scalars(
+        select(Annotation).join(ReviewTask, ReviewTask.id == Annotation.review_task_id)
+        .where(ReviewTask.item_kind == item_kind).order_by(Annotation.review_task_id, Annotation.ls_annotation_id)
+    ):
+        grouped.setdefault(annotation.review_task_id, []).append(annotation)
+    return grouped

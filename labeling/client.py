@@ -1,0 +1,115 @@
+"""The one place that talks to Label Studio's HTTP API: builds the SDK client from settings and retries transient
+failures, so the rest of labeling/ sees plain calls that either succeed or raise one clear error.
+
+Label Studio drops requests while it restarts or migrates and answers 5xx under load; a push or pull interrupted
+there must not fail a whole batch, so connection errors and 5xx are retried with exponential backoff and full
+jitter, bounded by `task_max_retries` and `retry_backoff_max`. Anything else (4xx: bad token, bad config) is a
+mistake that retrying cannot fix and is raised at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import httpx
+
+from geocurate.errors import UserError
+from geocurate.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from label_studio_sdk import LabelStudio
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+REQUEST_TIMEOUT_S = 300.0  # a 1,000-task import with predictions takes a while on a small server
+BACKOFF_BASE_S = 0.5
+
+
+class LabelStudioNotConfigured(UserError):
+    """No Label Studio URL/key: borderline items stay in the local review queue (`geocurate review list`)."""
+
+
+class LabelStudioUnavailable(UserError):
+    """Label Studio kept failing (down or 5xx) after every retry; the store holds what was done, rerun to finish."""
+
+
+class LabelStudioRejected(UserError):
+    """Label Studio refused a request (4xx): wrong token, bad data or config; retrying cannot help."""
+
+
+def make_client(settings: Settings | None = None) -> "LabelStudio":
+    """The SDK client for the configured server. The SDK's own retries are off: `call` owns retrying."""
+    from label_studio_sdk import LabelStudio
+
+    settings = settings or get_settings()
+    if not settings.label_studio_url:
+        raise LabelStudioNotConfigured(
+            "GEOCURATE_LABEL_STUDIO_URL is not set; borderline items are in the local queue (geocurate review list)"
+        )
+    if settings.label_studio_api_key is None or not settings.label_studio_api_key.get_secret_value():
+        raise LabelStudioNotConfigured("GEOCURATE_LABEL_STUDIO_API_KEY is not set (Label Studio: Account & Settings)")
+    return LabelStudio(
+        base_url=settings.label_studio_url.rstrip("/"),
+        api_key=settings.label_studio_api_key.get_secret_value(),
+        timeout=REQUEST_TIMEOUT_S,
+        max_retries=0,
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another try: the server is unreachable, timed out, or failed on its side (5xx, 429)."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    if isinstance(exc, httpx.TransportError):
+        return True
+    if isinstance(exc, ApiError):
+        return exc.status_code is not None and (exc.status_code >= 500 or exc.status_code == 429)
+    return False
+
+
+def backoff_delay(attempt: int, cap: float) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)], so retrying clients do not stampede together."""
+    return random.uniform(0, min(cap, BACKOFF_BASE_S * 2**attempt))
+
+
+def describe(exc: BaseException) -> str:
+    status = getattr(exc, "status_code", None)
+    text = str(getattr(exc, "body", None) or exc).strip().splitlines()
+    first = text[0][:200] if text else type(exc).__name__
+    return f"HTTP {status}: {first}" if status else f"{type(exc).__name__}: {first}"
+
+
+def call(what: str, fn: Callable[[], T], settings: Settings | None = None,
+         before_retry: Callable[[], None] | None = None) -> T:
+    """Run one Label Studio request, retrying transient failures; `what` names it in logs and errors.
+    `before_retry` runs before each retry of a request that is not idempotent (an import whose answer was lost
+    may have been applied): it reconciles, and a transient failure in it counts as a failed attempt."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    settings = settings or get_settings()
+    attempts = max(0, settings.task_max_retries) + 1
+    for attempt in range(attempts):
+        try:
+            if attempt and before_retry is not None:
+                before_retry()
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not is_transient(exc):
+                if isinstance(exc, ApiError):
+                    raise LabelStudioRejected(f"Label Studio refused {what}: {describe(exc)}") from exc
+                raise
+            if attempt + 1 >= attempts:
+                raise LabelStudioUnavailable(
+                    f"Label Studio at {settings.label_studio_url} failed {what} {attempts} times ({describe(exc)}); "
+                    "nothing is half-written: rerun when it is back"
+                ) from exc
+            delay = backoff_delay(attempt, settings.retry_backoff_max)
+            log.warning("Label Studio %s failed (%s); retry %d/%d in %.1fs", what, describe(exc), attempt + 1,
+                        attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
