@@ -164,3 +164,15 @@ def test_dockerfile_installs_the_pinned_project_behind_the_geocurate_entrypoint(
     assert re.search(r'"torch==[\d.]+"', pyproject) and re.search(r'"torchvision==[\d.]+"', pyproject)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".venv-ls", ".git"} <= set(ignored), "virtualenvs and history stay out of the build context"
+
+
+def test_label_studio_can_reach_the_webhook_service():
+    from urllib.parse import urlsplit
+
+    env = _environment(SERVICES["webhook"])
+    url = urlsplit(env["GEOCURATE_WEBHOOK_URL"])
+    assert url.hostname == "webhook" and url.port == int(env["GEOCURATE_WEBHOOK_PORT"])
+    assert env["GEOCURATE_WEBHOOK_HOST"] == "0.0.0.0", "bound to the container's interface, not its loopback"
+    assert _environment(SERVICES["label-studio"])["SSRF_PROTECTION_ENABLED"] == "false", (
+        "Label Studio refuses webhooks to private addresses otherwise"
+    )
