@@ -1,17 +1,173 @@
-"""`geocurate demo` and `geocurate run` (the pipeline issue fills these in)."""
+"""`geocurate run`, `geocurate worker`, `geocurate beat` (and `geocurate demo`)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import typer
+
+from geocurate.errors import UserError
+from geocurate.settings import get_settings
+
+POLL_SECONDS = 0.5
 
 
 def demo() -> None:
     """Run the main job on the embedded default (for now: create the store and show it)."""
-    from geocurate.commands.store import status
     from db.migrate import upgrade
-    from geocurate.settings import get_settings
+    from geocurate.commands.store import status
 
     upgrade(get_settings().database_url)
     status()
 
 
+def run(
+    directory: Path = typer.Argument(..., help="Folder of street-view images (searched recursively)."),
+    metadata: Path | None = typer.Option(None, "--metadata", help="CSV: filename, lat, lon, country_code, city, source."),
+    clues: Path | None = typer.Option(None, "--clues", help="JSONL clue texts to clean and pair with the images."),
+    export: str | None = typer.Option(None, "--export", help="Build this export when routing is done."),
+    train: bool = typer.Option(False, "--train", help="Then train both LoRA stages on the export (needs --export)."),
+    source: str | None = typer.Option(None, "--source", help="Source label stored with each image."),
+) -> None:
+    """Submit the pipeline (ingest → score → route [→ export → train]) and follow it until it ends.
+
+    Embedded (no GEOCURATE_BROKER_URL): runs here, in-process. With a broker: workers started by `geocurate worker`
+    do the work; interrupting this command stops following, not the run."""
+    from db.engine import check_connection
+    from db.migrate import upgrade
+    from workers import pipeline
+
+    settings = get_settings()
+    if settings.embedded:
+        upgrade(settings.database_url)  # the embedded store creates itself
+    else:
+        check_connection(settings.database_url)
+    run_id, first = pipeline.prepare_pipeline(directory, metadata, clues, export, train, source, settings)
+    sender = threading.Thread(target=_send, args=(first, settings), daemon=True) if first else None
+    if sender:
+        sender.start()
+    typer.echo(f"run {run_id}: {'embedded, in-process' if settings.embedded else 'queued on ' + _broker(settings)}")
+    final = follow(run_id, settings, sender)
+    if final["status"] != "done":
+        raise UserError(f"run {run_id} {final['status']} at step {final['step']}: {final['error'] or 'see geocurate status'}")
+
+
+def _broker(settings) -> str:
+    from db.engine import masked
+
+    return masked(settings.broker_url or "")
+
+
+def _send(first: tuple[str, list[int]], settings) -> None:
+    from workers import pipeline
+
+    pipeline.send(first[0], first[1], settings)
+
+
+def follow(run_id: int, settings, sender: threading.Thread | None) -> dict[str, Any]:
+    """Progress bars from store counts until the run ends; then the summary table."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from workers import pipeline
+
+    console = Console()
+    bars: dict[str, Any] = {}
+    with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=console,
+                  transient=False) as progress:
+        while True:
+            state = pipeline.run_progress(run_id, settings)
+            for step in state["steps"]:
+                entry = state["summary"].get(step)
+                if entry is None:
+                    continue
+                total = sum(entry["batches"].values())
+                finished = entry["batches"].get("done", 0) + entry["batches"].get("failed", 0)
+                if step not in bars:
+                    bars[step] = progress.add_task(step, total=total, counts="")
+                progress.update(bars[step], total=total, completed=finished, counts=_counts_line(entry["totals"]))
+            if state["status"] != "running":
+                break
+            if settings.embedded and sender is not None and not sender.is_alive():
+                pipeline.reconcile(settings)  # a hand-over interrupted by an error is finished here
+                state = pipeline.run_progress(run_id, settings)
+                if state["status"] == "running":
+                    state["status"], state["error"] = "stopped", "the in-process run ended early (see the log)"
+                    break
+            time.sleep(POLL_SECONDS)
+    console.print(summary_table(run_id, state))
+    return state
+
+
+def _counts_line(totals: dict[str, Any]) -> str:
+    keys = ("added", "duplicates", "scored", "skipped", "quarantined")
+    return " ".join(f"{key}={int(totals[key])}" for key in keys if key in totals)
+
+
+def summary_table(run_id: int, state: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=f"run {run_id}: {state['status']}")
+    table.add_column("step")
+    table.add_column("batches done", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("counts")
+    for step in state["steps"]:
+        entry = state["summary"].get(step, {"batches": {}, "totals": {}})
+        counts = ", ".join(f"{key}={value:g}" for key, value in sorted(entry["totals"].items())
+                           if not key.endswith(("_id", "seconds")) and key not in ("batch_id",))
+        table.add_row(step, str(entry["batches"].get("done", 0)), str(entry["batches"].get("failed", 0)), counts)
+    return table
+
+
+def worker(
+    queues: str = typer.Option(None, "--queues", "-Q", help="Comma-separated queues (default: all). GPU machines: "
+                               "score,train; others: ingest,review,export."),
+    concurrency: int = typer.Option(1, "--concurrency", "-c", help="Worker processes (each loads its own models)."),
+    loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
+    hostname: str | None = typer.Option(None, "--hostname", "-n", help="Node name (default: geocurate-PID@host)."),
+) -> None:
+    """Start a Celery worker (`celery -A workers.app worker` with acks_late, prefetch 1 and the queue prefix)."""
+    import os
+
+    from workers.routing import QUEUES
+
+    settings = get_settings()
+    if settings.embedded:
+        raise UserError("a worker needs a broker: set GEOCURATE_BROKER_URL (embedded mode runs tasks in-process)")
+    names = [q.strip() for q in (queues or ",".join(QUEUES)).split(",") if q.strip()]
+    unknown = sorted(set(names) - set(QUEUES))
+    if unknown:
+        raise UserError(f"unknown queue(s) {', '.join(unknown)}; the queues are {', '.join(QUEUES)}")
+    if concurrency < 1:
+        raise UserError("--concurrency must be at least 1")
+    from workers.app import app, queue_name
+
+    app.start([
+        "worker", f"--queues={','.join(queue_name(settings, q) for q in names)}", f"--concurrency={concurrency}",
+        f"--loglevel={loglevel}", "--pool=prefork", f"--hostname={hostname or f'geocurate-{os.getpid()}@%h'}",
+        "--without-gossip", "--without-mingle",
+    ])
+
+
+def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
+    """Start the scheduler: reconcile (and the annotation sync when Label Studio is configured) every
+    GEOCURATE_RECONCILE_INTERVAL seconds. Run exactly one per deployment."""
+    settings = get_settings()
+    if settings.embedded:
+        raise UserError("beat needs a broker: set GEOCURATE_BROKER_URL")
+    from workers.app import app
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}", f"--loglevel={loglevel}"])
+
+
 def register(app: typer.Typer, ingest_app: typer.Typer) -> None:
     app.command("demo")(demo)
+    app.command("run")(run)
+    app.command("worker")(worker)
+    app.command("beat")(beat)

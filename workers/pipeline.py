@@ -1,0 +1,246 @@
+"""A run's life: submit it, hand each finished step over to the next, and reconcile what dead workers left behind.
+
+Progress and hand-over are rows in the store, not Celery chords: the worker that finishes a step's last batch moves
+the run on with one guarded UPDATE (only one of several finishing at once wins) and, in the same transaction, creates
+the next step's batches; their messages are sent after the commit. Anything a crash interrupts between those points
+is found again by `reconcile` (expired claims, queued batches whose message was lost, runs whose step is over).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from db import batches
+from db.engine import session_scope
+from geocurate.errors import UserError
+from geocurate.settings import Settings, get_settings
+from workers.steps import pipeline_steps, step_of
+
+log = logging.getLogger(__name__)
+
+TRAINING_STAGES = ("reasoning", "location")
+
+
+def run_pipeline(
+    directory: Path | str,
+    metadata: Path | str | None = None,
+    clues: Path | str | None = None,
+    export: str | None = None,
+    train: bool = False,
+    source: str | None = None,
+    settings: Settings | None = None,
+) -> int:
+    """Submit ingest → score → route (→ export → training) for the images under `directory`; returns the run id.
+    Embedded (no broker): the whole run happens before this returns. With a broker: it returns once the ingest
+    batches are queued; follow it with `run_progress`."""
+    settings = settings or get_settings()
+    params = pipeline_params(directory, metadata, clues, export, train, source, settings)
+    return start_run(pipeline_steps(export, train), params, kind="pipeline", settings=settings)
+
+
+def prepare_pipeline(directory: Path | str, metadata: Path | str | None = None, clues: Path | str | None = None,
+                     export: str | None = None, train: bool = False, source: str | None = None,
+                     settings: Settings | None = None) -> tuple[int, tuple[str, list[int]] | None]:
+    """run_pipeline without the sending: the CLI follows the run while the first batches are sent (embedded: run)."""
+    settings = settings or get_settings()
+    params = pipeline_params(directory, metadata, clues, export, train, source, settings)
+    return create_run(pipeline_steps(export, train), params, "pipeline", settings)
+
+
+def pipeline_params(directory: Path | str, metadata: Path | str | None, clues: Path | str | None, export: str | None,
+                    train: bool, source: str | None, settings: Settings) -> dict[str, Any]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"image directory {directory} does not exist")
+    if train and not export:
+        raise UserError("--train needs --export NAME: training reads an export")
+    params: dict[str, Any] = {"directory": str(directory.resolve()), "source": source, "export": export}
+    if metadata:
+        if not Path(metadata).is_file():
+            raise UserError(f"metadata file {metadata} does not exist")
+        params["metadata"] = str(Path(metadata).resolve())
+        _check_metadata(Path(metadata), settings)
+    if clues:
+        if not Path(clues).is_file():
+            raise UserError(f"clue file {clues} does not exist")
+        params["clues"] = str(Path(clues).resolve())
+    return params
+
+
+def _check_metadata(path: Path, settings: Settings) -> None:
+    """Parse the metadata once up front: a missing or malformed file fails the submission, bad rows are
+    quarantined once here rather than by every ingest batch."""
+    from curation.ingest import read_metadata
+
+    with session_scope(settings.database_url) as session:
+        read_metadata(path, session=session)
+
+
+def submit_training(
+    export_id_or_name: int | str, stages: Sequence[str] = TRAINING_STAGES, settings: Settings | None = None
+) -> int:
+    """Train the given stages on an export, in order (each stage starts when the previous one is done).
+    Embedded: runs inline and returns when done. Returns the run id."""
+    settings = settings or get_settings()
+    with session_scope(settings.database_url) as session:
+        if batches.find_export(session, export_id_or_name) is None:
+            raise UserError(f"export {export_id_or_name!r} does not exist; build it first (geocurate export NAME)")
+    steps = [f"train:{stage}" for stage in stages]
+    return start_run(steps, {"export": str(export_id_or_name), "kind": "train"}, kind="train", settings=settings)
+
+
+def start_run(steps: Sequence[str], params: dict[str, Any], kind: str, settings: Settings) -> int:
+    run_id, handed_over = create_run(steps, params, kind, settings)
+    if handed_over:
+        send(handed_over[0], handed_over[1], settings)
+    return run_id
+
+
+def create_run(steps: Sequence[str], params: dict[str, Any], kind: str,
+               settings: Settings) -> tuple[int, tuple[str, list[int]] | None]:
+    """The run row and its first step's batches, committed; returns the run id and the batches still to send."""
+    with session_scope(settings.database_url) as session:
+        run_id = batches.create_run(session, steps, params, kind=kind)
+        first = steps[0]
+        payloads = step_of(first).plan(session, run_id, params, settings)
+        if payloads:
+            return run_id, (first, batches.add_batches(session, run_id, first, payloads))
+        return run_id, _advance_from(session, run_id, first, list(steps), params, settings)
+
+
+def send(step: str, batch_ids: Iterable[int], settings: Settings) -> None:
+    """Queue one message per batch (embedded: run it now, in this process, through the same task code)."""
+    task_name = step_of(step).task
+    if settings.embedded:
+        from workers import tasks
+
+        task = tasks.app.tasks[task_name]
+        for batch_id in batch_ids:
+            task.apply(args=(batch_id,))
+        return
+    from workers.app import sender_for
+
+    sender = sender_for(settings)
+    for batch_id in batch_ids:
+        sender.send_task(task_name, args=(batch_id,))
+
+
+def after_batch(run_id: int, step: str, settings: Settings) -> str | None:
+    """Called after every batch: when the step has no open batch left, move the run on (once). Returns the step the
+    run moved to, or None."""
+    with session_scope(settings.database_url) as session:
+        counts = batches.step_counts(session, run_id, step)
+        if counts.get("queued") or counts.get("claimed"):
+            return None
+        run = batches.get_run(session, run_id)
+        if run is None or run.status != "running" or run.step != step:
+            return None
+        failed = counts.get("failed", 0)
+        if failed and step_of(step).critical:
+            batches.fail_run(session, run_id, f"step {step}: {failed} batch(es) failed (see geocurate status)")
+            return None
+        handed_over = _advance_from(session, run_id, step, run.params["steps"], run.params, settings)
+    if handed_over is None:
+        return None
+    send(handed_over[0], handed_over[1], settings)
+    return handed_over[0]
+
+
+def _advance_from(session, run_id: int, step: str, steps: list[str], params: dict[str, Any],
+                  settings: Settings) -> tuple[str, list[int]] | None:
+    """Move past `step` and plan the next step with work; steps with nothing to do are passed through."""
+    current = step
+    while True:
+        following = steps[steps.index(current) + 1] if steps.index(current) + 1 < len(steps) else "done"
+        if not batches.advance(session, run_id, current, following):
+            return None  # another worker finished the step at the same moment and moved the run on
+        if following == "done":
+            return None
+        payloads = step_of(following).plan(session, run_id, params, settings)
+        if payloads:
+            return following, batches.add_batches(session, run_id, following, payloads)
+        current = following
+
+
+def reconcile(settings: Settings | None = None) -> dict[str, int]:
+    """Re-queue claims whose lease expired (their worker died), re-send queued batches whose message was lost, and
+    move on runs whose step is over (a worker died between its last batch and the hand-over)."""
+    settings = settings or get_settings()
+    with session_scope(settings.database_url) as session:
+        expired = batches.requeue_expired(session)
+        stale = batches.stale_queued(session, settings.lease_seconds)
+        stale = [(batch_id, step) for batch_id, step in stale if _queue_is_empty(step, settings)]
+        batches.touch(session, [batch_id for batch_id, _ in stale])
+        running = batches.running_runs(session)
+    for batch_id, step in expired + stale:
+        send(step, [batch_id], settings)
+    moved = sum(after_batch(run_id, step, settings) is not None for run_id, step in running)
+    if expired or stale or moved:
+        log.info("reconcile: %d expired claims re-queued, %d lost messages re-sent, %d runs moved on",
+                 len(expired), len(stale), moved)
+    return {"requeued": len(expired), "resent": len(stale), "advanced": moved}
+
+
+def _queue_is_empty(step: str, settings: Settings) -> bool:
+    """A queued batch behind a long backlog is not lost: re-send only when its queue holds no message at all."""
+    if settings.embedded:
+        return True
+    from workers.app import queue_name, sender_for
+    from workers.routing import TASK_ROUTES
+
+    queue = queue_name(settings, TASK_ROUTES[step_of(step).task]["queue"])
+    try:
+        with sender_for(settings).connection_for_write() as connection:
+            _, depth, _ = connection.default_channel.queue_declare(queue=queue, passive=True)
+            return depth == 0
+    except Exception as exc:  # noqa: BLE001 - a queue that does not exist (Redis deletes empty lists) is empty
+        log.debug("queue %s: %s", queue, exc)
+        return "NOT_FOUND" in str(exc).upper() or "no queue" in str(exc).lower()
+
+
+def sync_annotations(task_ids: Sequence[int] | None, settings: Settings) -> dict[str, Any]:
+    from labeling.pull import pull_annotations
+    from workers.steps import as_counts
+
+    return as_counts(pull_annotations(settings.database_url, task_ids=list(task_ids) if task_ids else None))
+
+
+def on_task_changed(ls_task_id: int) -> None:
+    """Webhook callback (labeling.webhook.create_app(on_task_changed=...)): pull that task's annotations soon."""
+    settings = get_settings()
+    if settings.embedded:
+        from workers import tasks
+
+        tasks.sync_annotations.apply(args=([ls_task_id],))
+        return
+    from workers.app import sender_for
+
+    sender_for(settings).send_task("workers.tasks.sync_annotations", args=([ls_task_id],))
+
+
+def run_progress(run_id: int, settings: Settings | None = None) -> dict[str, Any]:
+    """The run's state and, per step, batches by status and summed counts (what progress bars and tests read)."""
+    settings = settings or get_settings()
+    with session_scope(settings.database_url) as session:
+        run = batches.get_run(session, run_id)
+        if run is None:
+            raise UserError(f"run {run_id} does not exist")
+        return {"status": run.status, "step": run.step, "error": run.error, "steps": list(run.params["steps"]),
+                "summary": batches.run_summary(session, run_id)}
+
+
+def wait_for_run(run_id: int, timeout: float, settings: Settings | None = None, poll: float = 0.5) -> dict[str, Any]:
+    """Block until the run is no longer running (or raise TimeoutError)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        state = run_progress(run_id, settings)
+        if state["status"] != "running":
+            return state
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id} still at step {state['step']} after {timeout:.0f}s: {state['summary']}")
+        time.sleep(poll)
