@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(None, description="Shared secret Label Studio sends to the webhook receiver.")
     webhook_host: str = Field("127.0.0.1", description="Bind address of the webhook receiver.")
     webhook_port: int = Field(8765, description="Port of the webhook receiver.")
+    webhook_url: str | None = Field(
+        None,
+        description="URL at which Label Studio reaches the webhook receiver (e.g. http://geocurate-webhook:8765/webhook);"
+        " with the secret set, push registers it on each review project.",
+    )
 
     # --- exports ---------------------------------------------------------------------------------------------------
     export_dir: Path = Field(Path("./exports"), description="Where export folders are written.")
