@@ -80,10 +80,11 @@ def ensure_webhook(client: "LabelStudio", project_id: int, settings: Settings) -
 
 
 def iter_tasks(client: "LabelStudio", project_id: int, settings: Settings, fields: str = "all",
-               page_size: int = PAGE_SIZE) -> Iterator[Any]:
+               page_size: int | None = None) -> Iterator[Any]:
     """Every task of the project, page by page; each page is one retried request, and the end is found from the
     reported total (Label Studio answers 404 past the last page)."""
     page, seen = 1, 0
+    page_size = page_size or PAGE_SIZE
     while True:
         current = page
         response = call(f"list tasks page {current}", lambda: client.tasks.list(

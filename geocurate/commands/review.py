@@ -122,16 +122,14 @@ def stats() -> None:
 
     with session_scope() as session:
         result = review_stats(session)
-    table = Table(title="review")
-    for column in ("project", "pending", "in Label Studio", "done", "conflicted", "annotations", "agreement",
-                   "s/task"):
-        table.add_column(column)
     for p in result:
-        kappa = f"{p.kappa_kind} κ={p.kappa:.2f} ({p.multi_annotated_tasks} tasks)" if p.kappa is not None else "-"
-        table.add_row(p.project_title, str(p.states.get("pending", 0)), str(p.states.get("pending_in_label_studio", 0)),
-                      str(p.states.get("done", 0)), str(p.states.get("conflicted", 0)), str(p.annotations), kappa,
-                      f"{p.mean_seconds_per_task:.1f}" if p.mean_seconds_per_task else "-")
-    Console().print(table)
+        states = p.states
+        kappa = (f"{p.kappa_kind} kappa {p.kappa:.2f} over {p.multi_annotated_tasks} tasks" if p.kappa is not None
+                 else "agreement n/a (needs overlap > 1)")
+        seconds = f"{p.mean_seconds_per_task:.1f} s per task" if p.mean_seconds_per_task else "time per task n/a"
+        typer.echo(f"{p.project_title}: pending {states.get('pending', 0)} "
+                   f"({states.get('pending_in_label_studio', 0)} in Label Studio), done {states.get('done', 0)}, "
+                   f"conflicted {states.get('conflicted', 0)}; {p.annotations} annotations; {kappa}; {seconds}")
 
 
 @review_app.command("webhook")
