@@ -149,7 +149,7 @@ def step_counts(session: Session, run_id: int, step: str) -> dict[str, int]:
     rows = session.execute(
         select(Batch.status, func.count()).where(Batch.run_id == run_id, Batch.step == step).group_by(Batch.status)
     ).tuples()
-    return dict(rows)
+    return {status: count for status, count in rows}
 
 
 def step_results(session: Session, run_id: int, step: str) -> list[dict[str, Any]]:
