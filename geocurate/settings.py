@@ -125,6 +125,10 @@ class Settings(BaseSettings):
         "Qwen/Qwen2-VL-2B-Instruct", description="Vision-language base model: HF model id or local path."
     )
     adapters_dir: Path = Field(Path("./adapters"), description="Where LoRA adapters and checkpoints are written.")
+    training_config: Path | None = Field(
+        None,
+        description="JSON file overriding LoRA/training hyper-parameters (keys of training/config.py TrainingConfig).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,86 @@
+"""training_runs rows: every training stage and every evaluation is one row with its config, status, adapter,
+last checkpoint and metrics, so a trained adapter can always be traced to the export and settings that made it,
+and a crashed stage is picked up again by the next run of the same stage on the same export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Export, TrainingRun, utcnow
+
+RESUMABLE = ("queued", "running", "failed")
+
+
+def export_id_for_path(session: Session, export_path: Path) -> int | None:
+    """The exports row written for this folder, if the export was built by this store."""
+    resolved = str(Path(export_path).resolve())
+    for export_id, path in session.execute(select(Export.id, Export.path)):
+        if path and str(Path(path).resolve()) == resolved:
+            return export_id
+    return None
+
+
+def start_run(session: Session, *, stage: str, export_path: str | None, export_id: int | None,
+              config: dict[str, Any], adapter_path: str | None = None) -> int:
+    run = TrainingRun(
+        stage=stage, export_path=export_path, export_id=export_id, config=config, adapter_path=adapter_path,
+        status="running", started_at=utcnow(), metrics={},
+    )
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+def resumable_run(session: Session, *, stage: str, export_path: str, adapter_path: str) -> TrainingRun | None:
+    """The newest unfinished run of this stage on this export into the same adapter folder."""
+    return session.scalars(
+        select(TrainingRun)
+        .where(TrainingRun.stage == stage, TrainingRun.export_path == export_path,
+               TrainingRun.adapter_path == adapter_path, TrainingRun.status.in_(RESUMABLE))
+        .order_by(TrainingRun.id.desc())
+        .limit(1)
+    ).first()
+
+
+def restart_run(session: Session, run_id: int, config: dict[str, Any]) -> None:
+    run = session.get(TrainingRun, run_id)
+    run.status, run.error, run.finished_at, run.config = "running", None, None, config
+
+
+def set_checkpoint(session: Session, run_id: int, checkpoint_path: str) -> None:
+    session.get(TrainingRun, run_id).checkpoint_path = checkpoint_path
+
+
+def finish_run(session: Session, run_id: int, metrics: dict[str, Any], adapter_path: str | None = None) -> None:
+    run = session.get(TrainingRun, run_id)
+    run.status, run.metrics, run.finished_at, run.error = "done", metrics, utcnow(), None
+    if adapter_path is not None:
+        run.adapter_path = adapter_path
+
+
+def fail_run(session: Session, run_id: int, error: str) -> None:
+    run = session.get(TrainingRun, run_id)
+    run.status, run.error, run.finished_at = "failed", error, utcnow()
+
+
+def add_metrics(session: Session, run_id: int, key: str, metrics: dict[str, Any]) -> None:
+    """Attach metrics under `key` (e.g. the test-split evaluation of a trained stage) without losing the others."""
+    run = session.get(TrainingRun, run_id)
+    run.metrics = {**(run.metrics or {}), key: metrics}
+
+
+def latest_done_run(session: Session, *, stage: str, adapter_path: str) -> TrainingRun | None:
+    return session.scalars(
+        select(TrainingRun)
+        .where(TrainingRun.stage == stage, TrainingRun.adapter_path == adapter_path, TrainingRun.status == "done")
+        .order_by(TrainingRun.id.desc())
+        .limit(1)
+    ).first()
+
+
+def get_run(session: Session, run_id: int) -> TrainingRun | None:
+    return session.get(TrainingRun, run_id)

@@ -1,0 +1,98 @@
+"""What differs between vision-language model families, and nothing else: how a (prompt, image, answer) becomes chat
+text, how the image processor is sized, and which layers form the vision tower. Training, inference and evaluation
+only talk to a `ModelFamily`, so supporting another transformers VLM is one small subclass here.
+
+Qwen2-VL (and Qwen2.5-VL, same layout) is the default family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+def base_model_path(settings) -> str:
+    """The base model to load: settings.vlm_model (hub id or local path), or the tiny demo model when demo_models."""
+    if settings.demo_models:
+        from training.demo_model import build_demo_model, demo_model_dir
+
+        return str(build_demo_model(demo_model_dir(settings)))
+    return settings.vlm_model
+
+
+@dataclass
+class ModelFamily:
+    """Generic transformers image-text-to-text model with a chat template that accepts {"type": "image"} parts."""
+
+    name: ClassVar[str] = "generic"
+    vision_module_prefixes: ClassVar[tuple[str, ...]] = ("visual", "vision_tower", "vision_model")
+    vision_lora_targets: ClassVar[list[str]] = []
+
+    def messages(self, prompt: str, answer: str | None = None) -> list[dict[str, Any]]:
+        user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+        if answer is None:
+            return [user]
+        return [user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+
+    def prompt_text(self, processor, prompt: str) -> str:
+        """Chat text up to where the assistant starts answering."""
+        return processor.apply_chat_template(self.messages(prompt), add_generation_prompt=True, tokenize=False)
+
+    def training_text(self, processor, prompt: str, answer: str) -> str:
+        """Chat text with the answer. Built as prompt_text + answer + end-of-turn so that the prompt is an exact
+        prefix, whatever the template does to a finished conversation (some strip or re-indent it)."""
+        return self.prompt_text(processor, prompt) + answer + self.end_of_turn(processor)
+
+    def end_of_turn(self, processor) -> str:
+        return processor.tokenizer.eos_token or ""
+
+    def processor_kwargs(self, min_pixels: int | None, max_pixels: int | None) -> dict[str, Any]:
+        return {}
+
+    def is_vision_parameter(self, name: str) -> bool:
+        return any(f".{prefix}." in f".{name}." for prefix in self.vision_module_prefixes)
+
+    def load_processor(self, path: str, min_pixels: int | None = None, max_pixels: int | None = None):
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(path, **self.processor_kwargs(min_pixels, max_pixels))
+        processor.tokenizer.padding_side = "left"  # generation appends on the right
+        return processor
+
+    def load_model(self, path: str, dtype, device):
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        return model.to(device)
+
+
+@dataclass
+class Qwen2VLFamily(ModelFamily):
+    name: ClassVar[str] = "qwen2_vl"
+    vision_module_prefixes: ClassVar[tuple[str, ...]] = ("visual",)
+    # Vision blocks: attn.qkv (fused), attn.proj, mlp.fc1, mlp.fc2; names the language model does not use.
+    vision_lora_targets: ClassVar[list[str]] = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
+
+    def end_of_turn(self, processor) -> str:
+        return "<|im_end|>\n"
+
+    def processor_kwargs(self, min_pixels: int | None, max_pixels: int | None) -> dict[str, Any]:
+        # Qwen2-VL sizes images dynamically between min_pixels and max_pixels (tokens = pixels / 28²).
+        kwargs: dict[str, Any] = {}
+        if min_pixels:
+            kwargs["min_pixels"] = min_pixels
+        if max_pixels:
+            kwargs["max_pixels"] = max_pixels
+        return kwargs
+
+
+FAMILIES: dict[str, type[ModelFamily]] = {"qwen2_vl": Qwen2VLFamily, "qwen2_5_vl": Qwen2VLFamily}
+
+
+def family_for(path: str) -> ModelFamily:
+    """The family of a model, from its config's model_type; unknown types get the generic family."""
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    return FAMILIES.get(model_type, ModelFamily)()
+

@@ -1,0 +1,342 @@
+"""GeoReasoner's two LoRA stages on an export folder.
+
+Stage 1, *reasoning*, trains adapter `reasoning` on clue text–image pairs. Stage 2, *location*, loads the base model,
+merges the reasoning adapter into its weights (the recommended way to stack LoRA stages: the first stage becomes part
+of a frozen base), and trains a new adapter `location` on the locatable geo-tagged images. Inference applies both in
+the same order (training/inference.py).
+
+Layout under the adapters folder (settings.adapters_dir unless given):
+
+    <adapters>/reasoning/            adapter_model.safetensors, adapter_config.json, training_config.json, stage.json
+    <adapters>/location/             the same
+    <adapters>/checkpoints/<stage>/  Trainer checkpoints while a stage runs (removed when it finishes)
+
+Each stage is a training_runs row. A stage that crashed is resumed from its last checkpoint by the next call with
+the same export, adapters folder and configuration; a changed configuration starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geocurate.errors import UserError
+from training.config import TrainingConfig, config_from_settings
+
+log = logging.getLogger(__name__)
+
+STAGES = ("reasoning", "location")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+STAGE_INFO = "stage.json"
+RESUME_KEY = "resume.json"
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str  # done / skipped
+    run_id: int | None = None
+    adapter_path: str | None = None
+    resumed_from: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def adapter_dir(adapters_dir: Path, stage: str) -> Path:
+    return Path(adapters_dir) / stage
+
+
+def has_adapter(path: Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def checkpoint_dir(adapters_dir: Path, stage: str) -> Path:
+    return Path(adapters_dir) / "checkpoints" / stage
+
+
+def last_checkpoint(directory: Path) -> Path | None:
+    checkpoints = [p for p in Path(directory).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(checkpoints, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def resolve_precision(config: TrainingConfig, device) -> str:
+    if config.precision != "auto":
+        return config.precision
+    from curation.device import resolve_dtype
+    import torch
+
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(resolve_dtype("auto", device), "fp32")
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def lora_config(config: TrainingConfig, family):
+    from peft import LoraConfig
+
+    targets = list(config.target_modules)
+    if not config.freeze_vision:
+        targets += [t for t in family.vision_lora_targets if t not in targets]
+    return LoraConfig(
+        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=targets,
+        bias="none", task_type="CAUSAL_LM",
+    )
+
+
+def load_stage_base(base_path: str, family, dtype, device, merge_from: Path | None):
+    """The base model, with an earlier stage's adapter merged into its weights when given."""
+    model = family.load_model(base_path, dtype=dtype, device=device)
+    if merge_from is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(merge_from)).merge_and_unload()
+    return model
+
+
+def resume_identity(export_dir: Path, stage: str, base_path: str, config: TrainingConfig,
+                    merged: Path | None) -> dict[str, Any]:
+    """What must be equal for a checkpoint to be resumed rather than thrown away."""
+    merged_stamp = None
+    if merged is not None:
+        weights = merged / ADAPTER_WEIGHTS
+        merged_stamp = weights.stat().st_mtime_ns if weights.exists() else None
+    return {"export": str(export_dir), "stage": stage, "base_model": base_path, "config": config.fingerprint(),
+            "merged": str(merged) if merged else None, "merged_stamp": merged_stamp}
+
+
+def prepare_checkpoints(directory: Path, identity: dict[str, Any]) -> Path | None:
+    """The checkpoint to resume from, or None after clearing checkpoints that belong to another run."""
+    marker = directory / RESUME_KEY
+    if directory.exists():
+        try:
+            same = json.loads(marker.read_text()) == identity
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return last_checkpoint(directory)
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(identity, sort_keys=True))
+    return None
+
+
+def quarantine_rejects(rejected) -> None:
+    if not rejected:
+        return
+    from db.engine import session_scope
+    from db.quarantine import quarantine
+
+    with session_scope() as session:
+        for reject in rejected:
+            quarantine(session, "training_example", reject.reference, reject.reason, reject.detail)
+    log.warning("%d export lines left out of training (quarantined): first %s", len(rejected), rejected[0].reference)
+
+
+def training_arguments(config: TrainingConfig, output_dir: Path, precision: str, device):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # a value below 1 is a ratio of the total steps
+        lr_scheduler_type=config.lr_scheduler,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device.type == "cpu",
+        gradient_checkpointing=config.gradient_checkpointing,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[],
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def checkpoint_recorder(run_id: int):
+    """A Trainer callback writing each new checkpoint's path to the run's row (where a resume will start)."""
+    from transformers import TrainerCallback
+
+    class RecordCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            from db.engine import session_scope
+            from db.training import set_checkpoint
+
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            with session_scope() as session:
+                set_checkpoint(session, run_id, str(path))
+
+    return RecordCheckpoint()
+
+
+def loss_summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    losses = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    summary: dict[str, Any] = {"loss_curve": losses}
+    if losses:
+        summary.update(first_loss=losses[0][1], last_loss=losses[-1][1])
+    evals = [entry["eval_loss"] for entry in log_history if "eval_loss" in entry]
+    if evals:
+        summary["val_loss"] = evals[-1]
+    return summary
+
+
+def train_stage(export_dir, stage: str, settings=None, config: TrainingConfig | None = None,
+                export_id: int | None = None, adapters_dir: Path | None = None,
+                callbacks: list | None = None) -> StageResult:
+    """Train one stage on an export folder; returns its run id, adapter folder and metrics.
+
+    `callbacks` are extra transformers TrainerCallbacks (progress reporting, tests that simulate a crash)."""
+    from db import training as runs
+    from db.engine import session_scope
+    from geocurate.settings import get_settings
+    from training.data import load_examples
+    from training.model_family import base_model_path
+
+    if stage not in STAGES:
+        raise UserError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
+    settings = settings or get_settings()
+    config = config or config_from_settings(settings)
+    export_dir = Path(export_dir).resolve()
+    if not export_dir.is_dir():
+        raise UserError(f"export folder {export_dir} does not exist")
+    adapters_dir = Path(adapters_dir or settings.adapters_dir).resolve()
+    output = adapter_dir(adapters_dir, stage)
+
+    examples, rejected = load_examples(export_dir, stage, "train")
+    quarantine_rejects(rejected)
+    if not examples:
+        raise UserError(f"no usable {stage} training examples in {export_dir} ({len(rejected)} rejected)")
+    val_examples: list = []
+    if stage == "location":
+        val_examples, val_rejected = load_examples(export_dir, stage, "val")
+        quarantine_rejects(val_rejected)
+
+    merged = adapter_dir(adapters_dir, "reasoning") if stage == "location" else None
+    if merged is not None and not has_adapter(merged):
+        log.warning("no reasoning adapter in %s: the location stage starts from the plain base model", adapters_dir)
+        merged = None
+    base_path = base_model_path(settings)
+    identity = resume_identity(export_dir, stage, base_path, config, merged)
+    checkpoints = checkpoint_dir(adapters_dir, stage)
+    resume_from = prepare_checkpoints(checkpoints, identity)
+
+    with session_scope() as session:
+        if export_id is None:
+            export_id = runs.export_id_for_path(session, export_dir)
+        previous = runs.resumable_run(session, stage=stage, export_path=str(export_dir), adapter_path=str(output))
+        if previous is not None and resume_from is not None:
+            run_id = previous.id
+            runs.restart_run(session, run_id, config.to_dict())
+        else:
+            if previous is not None:
+                runs.fail_run(session, previous.id, previous.error or "superseded by a new run (no usable checkpoint)")
+            run_id = runs.start_run(session, stage=stage, export_path=str(export_dir), export_id=export_id,
+                                    config=config.to_dict(), adapter_path=str(output))
+
+    try:
+        result = _run_trainer(
+            stage=stage, settings=settings, config=config, export_dir=export_dir, examples=examples,
+            val_examples=val_examples, base_path=base_path, merged=merged, checkpoints=checkpoints,
+            resume_from=resume_from, output=output, run_id=run_id, callbacks=callbacks or [],
+        )
+    except BaseException as exc:
+        with session_scope() as session:
+            runs.fail_run(session, run_id, "".join(traceback.format_exception_only(type(exc), exc)).strip())
+        raise
+    result.metrics.update(examples=len(examples), rejected=len(rejected), reasoning_merged=merged is not None)
+    with session_scope() as session:
+        runs.finish_run(session, run_id, result.metrics, adapter_path=str(output))
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    result.run_id = run_id
+    return result
+
+
+def _run_trainer(*, stage, settings, config, export_dir, examples, val_examples, base_path, merged, checkpoints,
+                 resume_from, output, run_id, callbacks) -> StageResult:
+    from peft import get_peft_model
+    from transformers import Trainer, set_seed
+
+    from curation.device import resolve_device
+    from training.data import AnswerOnlyCollator, ExampleDataset
+    from training.model_family import family_for
+
+    device = resolve_device(settings.device)
+    precision = resolve_precision(config, device)
+    family = family_for(base_path)
+    processor = family.load_processor(base_path, config.min_pixels, config.max_pixels)
+    set_seed(config.seed)
+    base = load_stage_base(base_path, family, torch_dtype(precision), "cpu", merged)
+    model = get_peft_model(base, lora_config(config, family))
+    if config.gradient_checkpointing:
+        model.enable_input_require_grads()
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(config, checkpoints, precision, device),
+        train_dataset=ExampleDataset(examples, export_dir),
+        eval_dataset=ExampleDataset(val_examples, export_dir) if val_examples else None,
+        data_collator=AnswerOnlyCollator(processor, family, config.max_length),
+        callbacks=[checkpoint_recorder(run_id), *callbacks],
+    )
+    if resume_from is not None:
+        log.info("stage %s resumes from %s", stage, resume_from)
+    started_step = int(resume_from.name.split("-")[-1]) if resume_from is not None else 0
+    started = time.perf_counter()
+    outcome = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    seconds = time.perf_counter() - started
+    steps_run = max(trainer.state.global_step - started_step, 1)
+    metrics: dict[str, Any] = {
+        "train_loss": outcome.training_loss, "steps": trainer.state.global_step, "seconds": round(seconds, 3),
+        "seconds_per_step": round(seconds / steps_run, 4), "device": str(device), "precision": precision,
+        "base_model": base_path, "family": family.name,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    if val_examples:
+        metrics["val_loss"] = trainer.evaluate()["eval_loss"]
+    metrics.update(loss_summary(trainer.state.log_history))
+
+    if output.exists():
+        shutil.rmtree(output)
+    model.save_pretrained(str(output))
+    config.save(output)
+    (output / STAGE_INFO).write_text(json.dumps({
+        "stage": stage, "base_model": base_path, "family": family.name, "export": str(export_dir),
+        "merged_before": str(merged) if merged else None, "run_id": run_id,
+    }, indent=2))
+    return StageResult(stage=stage, status="done", adapter_path=str(output),
+                       resumed_from=str(resume_from) if resume_from else None, metrics=metrics)
+
+
+def train_both(export_dir, settings=None, config: TrainingConfig | None = None, export_id: int | None = None,
+               adapters_dir: Path | None = None, callbacks: list | None = None) -> list[StageResult]:
+    """Stage 1 then stage 2. An export without reasoning examples (no clues) skips stage 1 with a warning."""
+    from training.data import load_examples
+
+    results = []
+    reasoning_examples, _ = load_examples(Path(export_dir), "reasoning", "train")
+    if reasoning_examples:
+        results.append(train_stage(export_dir, "reasoning", settings, config, export_id, adapters_dir, callbacks))
+    else:
+        log.warning("export %s has no reasoning examples: stage 1 skipped", export_dir)
+        results.append(StageResult(stage="reasoning", status="skipped"))
+    results.append(train_stage(export_dir, "location", settings, config, export_id, adapters_dir, callbacks))
+    return results
