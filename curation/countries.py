@@ -16,7 +16,7 @@ import pycountry
 # Names people use that neither package lists (or lists only in an inverted "Korea, Republic of" form).
 ALIASES: dict[str, str] = {
     "uk": "GB", "u.k.": "GB", "great britain": "GB", "britain": "GB", "england": "GB", "scotland": "GB",
-    "wales": "GB", "northern ireland": "GB", "usa": "US", "u.s.": "US", "u.s.a.": "US", "united states of america": "US",
+    "wales": "GB", "northern ireland": "GB", "us": "US", "usa": "US", "u.s.": "US", "u.s.a.": "US", "united states of america": "US",
     "america": "US", "the states": "US", "holland": "NL", "czech republic": "CZ", "russia": "RU", "south korea": "KR",
     "korea": "KR", "north korea": "KP", "turkey": "TR", "türkiye": "TR", "turkiye": "TR", "ivory coast": "CI",
     "cote d'ivoire": "CI", "macedonia": "MK", "swaziland": "SZ", "burma": "MM", "east timor": "TL",

@@ -1,7 +1,72 @@
-"""Commands of this part (filled in by its issue)."""
+"""`geocurate ingest clues FILE`, `geocurate clues assess TEXT`, `geocurate clues pair`."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+from geocurate.errors import UserError
+
+clues_app = typer.Typer(help="Clue texts: place recognition and pairing with images.", no_args_is_help=True)
+
+
+def ingest_clues_command(
+    file: Path = typer.Argument(..., help="JSONL or CSV with text, source, optional country, optional image."),
+    source: str = typer.Option(None, help="Source recorded for lines that name none (default: the file name)."),
+) -> None:
+    """Load clue texts, keep each with its decision (accepted / rejected / review) and print counts per outcome."""
+    from curation.clues.ingest import ingest_clues
+    from db.engine import check_connection, session_scope
+    from geocurate.settings import get_settings
+
+    url = get_settings().database_url
+    check_connection(url)
+    try:
+        with session_scope(url) as session:
+            summary = ingest_clues(session, file, source=source)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    for outcome, count in summary.counts().items():
+        typer.echo(f"{outcome}: {count}")
+    for reason in summary.quarantine_reasons:
+        typer.echo(f"quarantined {reason}", err=True)
+
+
+@clues_app.command("assess")
+def assess_command(
+    text: str = typer.Argument(..., help="A clue sentence."),
+    country: str = typer.Option(None, help="The country given with the clue (name or code)."),
+) -> None:
+    """Show the places recognised in one clue and the decision it would get (nothing is stored)."""
+    from curation.clues import assess_clue
+
+    verdict = assess_clue(text, country)
+    typer.echo(f"{verdict.decision}: {verdict.reason}")
+    for place in verdict.places:
+        resolved = place.country or "ambiguous"
+        typer.echo(f"  {place.text!r} [{place.start}:{place.end}] {place.kind} {'/'.join(place.codes)} -> {resolved}")
+
+
+@clues_app.command("pair")
+def pair_command(
+    top_k: int = typer.Option(None, help="Images per clue (default GEOCURATE_PAIRING_TOP_K)."),
+    min_similarity: float = typer.Option(None, help="Minimum cosine similarity (default GEOCURATE_PAIRING_MIN_SIMILARITY)."),
+) -> None:
+    """Pair accepted clues that have no image with the most similar stored images of their country."""
+    from curation.clip import load_clip
+    from curation.pairing import pair_clues
+    from db.engine import check_connection, session_scope
+    from geocurate.settings import get_settings
+
+    url = get_settings().database_url
+    check_connection(url)
+    clip = load_clip()
+    with session_scope(url) as session:
+        added = pair_clues(session, clip, top_k, min_similarity)
+    typer.echo(f"pairs added: {added}")
+
 
 def register(app: typer.Typer, ingest_app: typer.Typer) -> None:
-    pass
+    ingest_app.command("clues")(ingest_clues_command)
+    app.add_typer(clues_app, name="clues")
