@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from sqlalchemy import DateTime, bindparam, select, text
 from sqlalchemy.orm import Session
 
-from db.models import Score, ScorerVersion, utcnow
+from db.models import Image, Score, ScorerVersion, utcnow
 from db.upsert import insert_ignore
 
 
@@ -22,3 +23,58 @@ def add_scores(session: Session, rows: Iterable[dict[str, Any]]) -> int:
 def register_scorer_version(session: Session, version: str, params: dict[str, Any]) -> None:
     insert_ignore(session, ScorerVersion.__table__, [dict(version=version, params=params, created_at=utcnow())],
                   conflict=["version"])
+
+
+def scorer_params(session: Session, version: str) -> dict[str, Any] | None:
+    return session.scalar(select(ScorerVersion.params).where(ScorerVersion.version == version))
+
+
+def scored_image_ids(session: Session, scorer_version: str, image_ids: Iterable[int]) -> set[int]:
+    ids = list(image_ids)
+    found: set[int] = set()
+    for start in range(0, len(ids), 1000):
+        found.update(session.scalars(select(Score.image_id).where(
+            Score.scorer_version == scorer_version, Score.image_id.in_(ids[start : start + 1000]))))
+    return found
+
+
+def unscored_image_ids(session: Session, scorer_version: str, limit: int | None = None) -> list[int]:
+    """Images not quarantined and without a score under this version, oldest first."""
+    scored = select(Score.id).where(Score.image_id == Image.id, Score.scorer_version == scorer_version)
+    query = select(Image.id).where(Image.status != "quarantined", ~scored.exists()).order_by(Image.id)
+    return list(session.scalars(query.limit(limit) if limit else query))
+
+
+def _weights_values(weights: Sequence[float]) -> str:
+    """Inline VALUES rows: weights are validated finite floats, and repr() round-trips them exactly."""
+    return ", ".join(f"({i}, CAST({float(w)!r} AS DOUBLE PRECISION))" for i, w in enumerate(weights))
+
+
+def insert_rescored(session: Session, source_version: str, target_version: str, weights: Sequence[float],
+                    threshold: float, review_low: float, review_high: float) -> int:
+    """Copy every score row of `source_version` to `target_version` with locatability recomputed from its stored
+    class ratios under `weights`, and the decision under the given threshold and review band. One INSERT ... SELECT
+    inside the database: no row travels to Python. Rows already present under the target version are kept."""
+    dialect = session.get_bind().dialect.name
+    each = {"postgresql": "json_each_text", "sqlite": "json_each"}.get(dialect)
+    if each is None:
+        raise NotImplementedError(f"set-based rescoring is not implemented for {dialect!r}")
+    statement = text(f"""
+        WITH w(idx, weight) AS (VALUES {_weights_values(weights)})
+        INSERT INTO scores (image_id, scorer_version, locatability, class_ratios, decision, computed_at)
+        SELECT r.image_id, :target, r.loc, r.class_ratios,
+               CASE WHEN r.loc >= :low AND r.loc < :high THEN 'review'
+                    WHEN r.loc >= :threshold THEN 'keep' ELSE 'drop' END,
+               :now
+        FROM (
+            SELECT s.image_id, s.class_ratios,
+                   COALESCE((SELECT SUM(w.weight * CAST(j.value AS DOUBLE PRECISION))
+                             FROM {each}(s.class_ratios) AS j JOIN w ON w.idx = CAST(j.key AS INTEGER)), 0.0) AS loc
+            FROM scores AS s WHERE s.scorer_version = :source
+        ) AS r
+        WHERE true
+        ON CONFLICT (image_id, scorer_version) DO NOTHING
+    """).bindparams(bindparam("now", type_=DateTime(timezone=True)))
+    result = session.execute(statement, dict(target=target_version, source=source_version, threshold=threshold,
+                                              low=review_low, high=review_high, now=utcnow()))
+    return result.rowcount

@@ -1,0 +1,109 @@
+"""Scoring against the store: which images still need a score, scoring a batch of them, and rescoring stored class
+ratios under new weights or a new threshold without running any model.
+
+Every function here is idempotent: an (image, scorer version) already scored is skipped, a corrupt file is
+quarantined once, and the rest of a batch is scored whatever happens to one image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from curation.embeddings import store_embeddings
+from curation.locatability import validate_weights, weights_digest
+from curation.scoring import BadImage, Scorer, open_image, version_of
+from db.images import set_status
+from db.models import Image
+from db.quarantine import quarantine
+from db.scores import (
+    add_scores,
+    insert_rescored,
+    register_scorer_version,
+    scored_image_ids,
+    scorer_params,
+    unscored_image_ids,
+)
+
+
+@dataclass
+class ScoreSummary:
+    scored: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+
+
+@dataclass
+class RescoreSummary:
+    scorer_version: str
+    rows: int
+
+
+def pending_image_ids(session: Session, scorer_version: str, limit: int | None = None) -> list[int]:
+    """Ingested, not quarantined, not yet scored under this scorer version."""
+    return unscored_image_ids(session, scorer_version, limit)
+
+
+def score_images(session: Session, scorer: Scorer, image_ids: Sequence[int]) -> ScoreSummary:
+    """Score these images under `scorer` and write their rows (plus whole-image CLIP embeddings when the scorer
+    computed them). Already-scored ids are skipped; unreadable or too-small files are quarantined and their image
+    marked quarantined; everything else is scored and marked scored."""
+    summary = ScoreSummary()
+    ids = list(dict.fromkeys(image_ids))
+    done = scored_image_ids(session, scorer.version, ids)
+    summary.skipped = len(done)
+    todo = [i for i in ids if i not in done]
+    if not todo:
+        return summary
+    uris = dict(session.execute(select(Image.id, Image.uri).where(Image.id.in_(todo))).tuples().all())
+    good_ids, images, bad_ids = [], [], []
+    for image_id in todo:
+        if image_id not in uris:
+            summary.skipped += 1  # deleted since it was queued
+            continue
+        try:
+            images.append(open_image(uris[image_id], scorer.settings.min_image_side))
+            good_ids.append(image_id)
+        except BadImage as exc:
+            bad_ids.append(image_id)
+            quarantine(session, "image", uris[image_id], "unreadable or unusable image", detail=str(exc))
+    if bad_ids:
+        set_status(session, bad_ids, "quarantined")
+        summary.quarantined = len(bad_ids)
+    if not images:
+        return summary
+    register_scorer_version(session, scorer.version, scorer.params)
+    results = scorer.score(images)
+    summary.scored = add_scores(session, (
+        dict(image_id=image_id, scorer_version=scorer.version, locatability=result.locatability,
+             class_ratios={str(k): v for k, v in sorted(result.class_ratios.items())}, decision=result.decision)
+        for image_id, result in zip(good_ids, results)
+    ))
+    set_status(session, good_ids, "scored")
+    embedding_version = scorer.embedding_version
+    vectors = {i: r.image_embedding for i, r in zip(good_ids, results) if r.image_embedding is not None}
+    if embedding_version and vectors:
+        store_embeddings(session, vectors, embedding_version)
+    return summary
+
+
+def rescore_from_ratios(session: Session, weights: Sequence[float], scorer_version_from: str,
+                        threshold: float | None = None, review_band: tuple[float, float] | None = None) -> RescoreSummary:
+    """New score rows for every image scored under `scorer_version_from`, computed from its stored class ratios with
+    new weights (and optionally a new threshold / review band) inside the database. No model is loaded. The new
+    version is the old one's parameters with the weights and decision rule replaced: the same version a model run
+    with those weights would get, since its rows would be the same."""
+    params: dict[str, Any] | None = scorer_params(session, scorer_version_from)
+    if params is None:
+        raise ValueError(f"unknown scorer version {scorer_version_from!r}: nothing was scored under it")
+    checked = validate_weights(list(weights))
+    low, high = review_band if review_band is not None else params["review_band"]
+    threshold = params["threshold"] if threshold is None else threshold
+    new_params = {**params, "weights": weights_digest(checked), "threshold": threshold, "review_band": [low, high]}
+    new_version = version_of(new_params)
+    register_scorer_version(session, new_version, new_params)
+    rows = insert_rescored(session, scorer_version_from, new_version, checked, threshold, low, high)
+    return RescoreSummary(new_version, rows)

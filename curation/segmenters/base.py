@@ -1,0 +1,56 @@
+"""What every segmenter promises: per image, the fraction of its pixels that belongs to each ADE20K class."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+from PIL import Image
+
+from curation.locatability import NUM_CLASSES
+
+UNLABELED = -1
+
+
+@dataclass
+class Segmentation:
+    class_ratios: dict[int, float]
+    image_embedding: np.ndarray | None = None  # whole-image CLIP vector when the segmenter computed it anyway
+
+
+@dataclass
+class StageTimer:
+    """Seconds spent per stage, summed over calls: the benchmark's per-stage figures come from here."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def reset(self) -> None:
+        self.seconds.clear()
+
+
+class Segmenter(Protocol):
+    params: dict[str, Any]  # everything that changes its output; hashed into the scorer version
+    timer: StageTimer
+
+    def segment(self, images: list[Image.Image]) -> list[Segmentation]:
+        """One Segmentation per RGB image, same order."""
+
+
+def ratios_from_label_map(label_map: np.ndarray) -> dict[int, float]:
+    """{class index: pixel fraction} of a per-pixel class map; UNLABELED pixels count in the total but add nothing."""
+    flat = label_map.reshape(-1)
+    counts = np.bincount(flat[flat >= 0].astype(np.int64), minlength=NUM_CLASSES)
+    total = flat.size
+    return {int(c): float(counts[c]) / total for c in np.flatnonzero(counts)}
