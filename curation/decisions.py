@@ -47,22 +47,26 @@ def not_quarantined(image=Image) -> ColumnElement[bool]:
 
 
 def decided_images(scorer_version: str, threshold: float, *columns: ColumnElement, kept_only: bool = True,
-                   require_location: bool = True) -> Select:
+                   require_location: bool = True, lean: bool = False) -> Select:
     """Images scored under `scorer_version` with their final decision applied.
 
     Result columns: id, sha256, uri, lat, lon, country_code (annotator's over metadata), city, locatability,
     class_ratios, human_label, kept, then any extra `columns`. `kept_only` filters to kept images;
     `require_location` leaves out images without coordinates or country, which the location stage cannot use.
+    `lean` selects only id, sha256, lat, lon, country_code, city (no JSON to decode in a first pass over many rows).
     """
     review = aliased(ReviewTask, name="review")
     label = review.final_label
     country = func.coalesce(review.final_country, Image.country_code)
     kept = keep_condition(Score.locatability, label, threshold)
+    selected = (
+        (Image.id, Image.sha256, Image.lat, Image.lon, country.label("country_code"), Image.city)
+        if lean else
+        (Image.id, Image.sha256, Image.uri, Image.lat, Image.lon, country.label("country_code"), Image.city,
+         Score.locatability, Score.class_ratios, label.label("human_label"), kept.label("kept"))
+    )
     stmt = (
-        select(
-            Image.id, Image.sha256, Image.uri, Image.lat, Image.lon, country.label("country_code"), Image.city,
-            Score.locatability, Score.class_ratios, label.label("human_label"), kept.label("kept"), *columns,
-        )
+        select(*selected, *columns)
         .join(Score, and_(Score.image_id == Image.id, Score.scorer_version == scorer_version))
         .outerjoin(review, and_(review.item_kind == "image", review.item_id == Image.id, review.state == "done"))
         .where(not_quarantined())

@@ -6,14 +6,17 @@ Clue pairing and near-duplicate removal both need them; neither recomputes what 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from curation.clip import ClipModel
 from db.models import Image, ImageEmbedding
+
+if TYPE_CHECKING:  # torch costs ~500 MiB of memory: readers of stored vectors (exports) never need it
+    from curation.clip import ClipModel
 from db.upsert import insert_ignore
 
 CHUNK = 256

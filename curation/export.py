@@ -61,12 +61,12 @@ class ExportResult:
 
 @lru_cache(maxsize=1)
 def _ade20k() -> tuple[list[str], np.ndarray]:
-    try:
-        from curation.locatability import ADE20K_CLASSES as classes  # the scoring part's canonical list
+    try:  # the scoring part's canonical tables
+        from curation.locatability import ADE20K_CLASSES as classes, REFERENCE_WEIGHTS as weights
     except ImportError:
-        classes = json.loads(ADE20K_DATA.read_text())["classes"]
-    weights = np.asarray(json.loads(ADE20K_DATA.read_text())["weights"], dtype=np.float64)
-    return [c.split(",")[0].strip() for c in classes], weights
+        data = json.loads(ADE20K_DATA.read_text())
+        classes, weights = data["classes"], data["weights"]
+    return [c.split(",")[0].strip() for c in classes], np.asarray(weights, dtype=np.float64)
 
 
 def evidence_sentence(class_ratios: dict[str, float] | None, top: int = 3) -> str:
@@ -82,11 +82,11 @@ def evidence_sentence(class_ratios: dict[str, float] | None, top: int = 3) -> st
     if not picked:
         return "The scene shows little specific geographic evidence."
     listed = picked[0] if len(picked) == 1 else ", ".join(picked[:-1]) + f" and {picked[-1]}"
-    return f"The {listed} visible in the scene are the main geographic evidence."
+    return f"Main geographic evidence: {listed}."
 
 
 def _image_name(sha256: str, uri: str) -> str:
-    suffix = Path(uri).suffix.lower()
+    suffix = os.path.splitext(uri)[1].lower()
     return f"{IMAGES_DIR}/{sha256}{suffix if 0 < len(suffix) <= 6 else '.jpg'}"
 
 
@@ -120,19 +120,29 @@ class _ImagePlacer:
     def place(self, sha256: str, uri: str) -> str | None:
         """Relative path of the image in the export; None when a copy's source is gone (caller quarantines)."""
         relative = _image_name(sha256, uri)
-        target = self.root / relative
-        if os.path.lexists(target):
-            return relative
-        source = Path(uri).absolute()
-        if self.mode == "copy":
-            if not source.is_file():
-                return None
-            shutil.copyfile(source, target)
-        else:
-            os.symlink(source, target)
+        target = os.path.join(self.root, relative)
+        source = os.path.abspath(uri)
+        try:
+            if self.mode == "copy":
+                if os.path.lexists(target):
+                    return relative
+                if not os.path.isfile(source):
+                    return None
+                shutil.copyfile(source, target)
+            else:
+                os.symlink(source, target)  # one syscall: at a million images this loop is the export's floor
+        except FileExistsError:
+            return relative  # placed already (an image both in location and reasoning)
         self.listing.write_line(f"{sha256}  {relative}")
         self.placed += 1
         return relative
+
+
+def _line(example: Example) -> str:
+    """`Example.to_line()` without dataclasses.asdict's deep copies (10x faster; a test keeps them equal)."""
+    data = dict(example.__dict__)
+    data["answer"] = dict(example.answer.__dict__)
+    return json.dumps(data, ensure_ascii=False, sort_keys=True)
 
 
 def _content_hash(parameters: dict[str, Any], files: dict[str, str]) -> str:
@@ -244,7 +254,7 @@ def _write(session: Session, export_id: int, name: str, root: Path, parameters: 
 
     # pass 1: place of every kept image → temporary table, then places → splits
     def keyed_rows():
-        for row in store.stream(session, decided_images(scorer_version, threshold)):
+        for row in store.stream(session, decided_images(scorer_version, threshold, lean=True)):
             if not is_country_code(row.country_code):
                 quarantine(session, "metadata", row.sha256, "unknown country", f"country code {row.country_code!r}")
                 continue
@@ -292,7 +302,7 @@ def _write(session: Session, export_id: int, name: str, root: Path, parameters: 
                     meta={"locatability": round(float(r.locatability), 6), "place": key,
                           **({"human_label": r.human_label} if r.human_label else {})},
                 )
-                writers[split_name].write_line(example.to_line())
+                writers[split_name].write_line(_line(example))
                 per_country[split_name][r.country_code.upper()] += 1
                 items.append(dict(export_id=export_id, dataset="location", split=split_name, image_id=r.id,
                                   clue_id=None))
@@ -334,7 +344,7 @@ def _write(session: Session, export_id: int, name: str, root: Path, parameters: 
             country_code=r.clue_country.upper(), city=r.city if same_country else None, lat=r.lat, lon=r.lon,
             meta={"clue_id": r.clue_id},
         )
-        reasoning.write_line(example.to_line())
+        reasoning.write_line(_line(example))
         items.append(dict(export_id=export_id, dataset="reasoning", split="train", image_id=r.id, clue_id=r.clue_id))
     store.add_export_items(session, items)
     store.drop_group_table(session, groups)

@@ -79,7 +79,7 @@ def create_group_table(session: Session) -> Table:
     one place at a time without holding the export in memory."""
     table = Table(
         GROUP_TABLE, MetaData(),
-        Column("image_id", Integer, primary_key=True),
+        Column("image_id", Integer, primary_key=True, autoincrement=False),
         Column("group_key", String(200), nullable=False),
         prefixes=["TEMPORARY"],
     )

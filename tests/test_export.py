@@ -227,3 +227,12 @@ def test_evidence_sentence_names_top_classes():
     sentence = evidence_sentence({"6": 0.36, "1": 0.2, "2": 0.33, "43": 0.01})
     assert "road" in sentence
     assert evidence_sentence({}).startswith("The scene shows little")
+
+
+def test_fast_line_writer_matches_the_format():
+    from curation.export import _line
+    from geocurate.export_format import Answer, Example
+
+    example = Example(id="a", image="images/a.jpg", prompt=PROMPT, answer=Answer("Poland", "Kraków", "signs"),
+                      country_code="PL", city="Kraków", lat=50.0, lon=19.9, meta={"place": "city:PL:krakow"})
+    assert _line(example) == example.to_line()
