@@ -95,7 +95,6 @@ class Scorer:
 
     @classmethod
     def from_settings(cls, settings=None, **segmenter_overrides: Any) -> "Scorer":
-        from curation.clip import load_clip
         from curation.segmenters.maskformer import MaskFormerSegmenter
         from curation.segmenters.sam import SamSegmenter
 
@@ -105,9 +104,8 @@ class Scorer:
             settings = get_settings()
         weights = load_weights(settings)
         if settings.segmenter == "sam":
-            clip = load_clip(settings)
-            segmenter = SamSegmenter.from_settings(settings, clip, **segmenter_overrides)
-            return cls(segmenter, settings, weights, clip)
+            segmenter = SamSegmenter.from_settings(settings, **segmenter_overrides)  # SAM first: fails fast
+            return cls(segmenter, settings, weights, segmenter.clip)
         return cls(MaskFormerSegmenter.from_settings(settings, **segmenter_overrides), settings, weights)
 
     @property

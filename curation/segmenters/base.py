@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 import numpy as np
 from PIL import Image
 
+from curation.clip import file_digest
 from curation.locatability import NUM_CLASSES
 
 UNLABELED = -1
@@ -54,3 +57,11 @@ def ratios_from_label_map(label_map: np.ndarray) -> dict[int, float]:
     counts = np.bincount(flat[flat >= 0].astype(np.int64), minlength=NUM_CLASSES)
     total = flat.size
     return {int(c): float(counts[c]) / total for c in np.flatnonzero(counts)}
+
+
+def folder_digest(folder: Path) -> str:
+    """Hash of a model folder's weight files: a saved model's identity does not depend on where it lies."""
+    digest = hashlib.sha256()
+    for weights in sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".pth", ".pt"}):
+        digest.update(file_digest(weights).encode())
+    return digest.hexdigest()[:16]

@@ -4,7 +4,6 @@ BEiT / UperNet-style heads, by hub id or local folder (`maskformer_model`)."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from curation.clip import file_digest
 from curation.device import resolve_device, resolve_dtype
 from curation.locatability import NUM_CLASSES
-from curation.segmenters.base import Segmentation, StageTimer, ratios_from_label_map
+from curation.segmenters.base import Segmentation, StageTimer, folder_digest, ratios_from_label_map
 from geocurate.errors import UserError
 
 
@@ -50,10 +48,7 @@ def load_segmentation_model(name_or_path: str, demo: bool) -> tuple[torch.nn.Mod
     model = auto.from_pretrained(name_or_path).eval()
     folder = Path(name_or_path)
     if folder.is_dir():
-        digest = hashlib.sha256()
-        for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-            digest.update(file_digest(weights).encode())
-        identity = f"local:{config.model_type}:sha256={digest.hexdigest()[:16]}"
+        identity = f"local:{config.model_type}:sha256={folder_digest(folder)}"
     else:
         identity = f"hub:{name_or_path}:{getattr(config, '_commit_hash', None) or 'unknown-revision'}"
     return model, processor, identity

@@ -26,7 +26,7 @@ from PIL import Image
 from curation.clip import ClipModel, file_digest, load_clip
 from curation.device import resolve_device, resolve_dtype
 from curation.locatability import NUM_CLASSES, short_name
-from curation.segmenters.base import UNLABELED, Segmentation, StageTimer, ratios_from_label_map
+from curation.segmenters.base import UNLABELED, Segmentation, StageTimer, folder_digest, ratios_from_label_map
 from geocurate.errors import UserError
 
 CROP_RULE = "bbox-square-gray"  # how a mask becomes a CLIP input; part of the scorer version
@@ -299,7 +299,10 @@ class SamSegmenter:
             clip_batch_size=settings.clip_batch_size, encoder_batch_size=settings.score_batch_size, **filters,
         )
         options.update(overrides)
-        return cls(sam, clip or load_clip(settings), **options)
+        segmenter = cls(sam, clip or load_clip(settings), **options)
+        if settings.clip_model.startswith("local-dir:") and not settings.demo_models:
+            segmenter.params["clip_weights"] = folder_digest(Path(settings.clip_model.removeprefix("local-dir:")))
+        return segmenter
 
     @torch.inference_mode()
     def encode(self, arrays: list[np.ndarray]) -> list[tuple[torch.Tensor, tuple[int, int]]]:
