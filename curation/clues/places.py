@@ -4,6 +4,7 @@ one clearly dominates), the country it resolves to."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from curation.clues.gazetteer import Candidate, Gazetteer, applicable_candidates, get_gazetteer
@@ -12,15 +13,15 @@ from curation.countries import city_point, country_code
 MODEL_LABELS = {"GPE", "LOC", "NORP"}
 DOMINANCE = 5.0  # a city resolves to its country when ≥ 5× as populous as any foreign namesake ("Paris": FR)
 METROPOLIS = 1_000_000  # ... and outweighs foreign regions of the same name only from this size ("Santiago": CL)
-# Words around a demonym that make it a language ("signs in Spanish", "Portuguese-speaking", "French text").
+# Words around a language-demonym that make it a language ("signs in Spanish", "Portuguese-speaking").
 LANGUAGE_AFTER = {"language", "languages", "speaking", "speakers", "speaker", "spoken", "text", "texts", "words",
                   "word", "translation", "translations", "alphabet", "letters", "subtitles"}
 LANGUAGE_BEFORE = {"speak", "speaks", "speaking", "spoken", "written", "write", "writes", "language", "languages"}
-# After "in X", these mean X was a language ("signs in French and Dutch") rather than an adjective ("in Polish towns").
-CLAUSE_WORDS = {"and", "or", "but", "while", "whereas", "as", "with", "on", "at", "to", "is", "are", "was", "were",
-                "for", "rather", "instead", "too", "only", "below", "above", "under", "over", "next", "than", "not",
-                "alongside", "besides", "plus", "which", "that", "so", "if", "when", "where", "also"}
-
+# A demonym followed by one of these (or by punctuation) is used as a noun: "uses Portuguese on signs", "in French."
+CLAUSE_WORDS = {"and", "or", "but", "while", "whereas", "as", "with", "on", "in", "of", "at", "to", "is", "are", "was",
+                "were", "for", "rather", "instead", "too", "only", "below", "above", "under", "over", "next", "than",
+                "not", "alongside", "besides", "plus", "which", "that", "so", "if", "when", "where", "also", "by"}
+COORDINATORS = {"and", "or", ",", "/"}
 
 @dataclass
 class Place:
@@ -102,34 +103,54 @@ def _place_from_model(span, gazetteer: Gazetteer) -> Place:
     return Place(span.text, span.start_char, span.end_char, kind, (), None, source="model", candidates=0)
 
 
-def is_language_mention(span, previous_was_language: bool) -> bool:
-    """"signs in Spanish", "Portuguese-speaking", "written in English, French and Dutch": a language, not a place."""
+@lru_cache(maxsize=1)
+def language_names() -> frozenset[str]:
+    import json
+
+    from curation.clues.gazetteer import VOCABULARY
+
+    return frozenset(name.lower() for name in json.loads(VOCABULARY.read_text(encoding="utf-8"))["languages"])
+
+
+def _used_as_noun(span, ents_by_start: dict[int, Any]) -> bool:
+    """"uses Portuguese on", "in French." are nouns; "Polish bollards", "Estonian and Latvian bollards" adjectives."""
+    doc = span.doc
+    if span.end >= len(doc):
+        return True
+    following = doc[span.end]
+    if following.lower_ in COORDINATORS:
+        chained = ents_by_start.get(span.end + 1)
+        if chained is not None and chained.label_ == "NORP":
+            return _used_as_noun(chained, ents_by_start)
+        return True
+    return not following.is_alpha or following.lower_ in CLAUSE_WORDS
+
+
+def is_language_mention(span, ents_by_start: dict[int, Any]) -> bool:
+    """A demonym that names a language used as one ("signs in Spanish", "Portuguese-speaking", "uses French on its
+    signs") says which language, not which country, so it is not a place."""
+    if span.text.lower() not in language_names():
+        return False
     doc = span.doc
     before = doc[span.start - 1].lower_ if span.start > 0 else ""
     after = doc[span.end].lower_ if span.end < len(doc) else ""
     after2 = doc[span.end + 1].lower_ if span.end + 1 < len(doc) else ""
     if after in LANGUAGE_AFTER or (after == "-" and after2 in LANGUAGE_AFTER) or before in LANGUAGE_BEFORE:
         return True
-    next_is_clause = span.end >= len(doc) or not doc[span.end].is_alpha or after in CLAUSE_WORDS
-    if before == "in" and next_is_clause:
-        return True
-    return previous_was_language and before in {"and", "or", ",", "/"} and next_is_clause
+    return _used_as_noun(span, ents_by_start)
 
 
 def places_in_doc(doc, gazetteer: Gazetteer) -> list[Place]:
     places: list[Place] = []
-    previous_language_end = -1
+    ents_by_start = {span.start: span for span in doc.ents}
     for span in doc.ents:
         key = span.ent_id_
         if key and key in gazetteer.entries:
             candidates = applicable_candidates(span, gazetteer.entries[key])
             if not candidates:
                 continue
-            if candidates[0]["kind"] == "demonym":
-                chained = previous_language_end >= 0 and span.start - previous_language_end <= 1
-                if is_language_mention(span, chained):
-                    previous_language_end = span.end
-                    continue
+            if candidates[0]["kind"] == "demonym" and is_language_mention(span, ents_by_start):
+                continue
             places.append(_place_from_candidates(span, candidates))
         elif span.label_ in MODEL_LABELS:
             places.append(_place_from_model(span, gazetteer))

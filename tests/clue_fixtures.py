@@ -1,0 +1,19 @@
+"""One gazetteer per test session (building it takes seconds; every test then reuses the same pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def gazetteer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gazetteer-cache")
+
+
+@pytest.fixture(scope="session")
+def gazetteer(gazetteer_dir: Path):
+    from curation.clues.gazetteer import load_gazetteer
+
+    return load_gazetteer(gazetteer_dir)
