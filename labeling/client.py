@@ -80,7 +80,7 @@ def backoff_delay(attempt: int, cap: float) -> float:
 def describe(exc: BaseException) -> str:
     status = getattr(exc, "status_code", None)
     text = str(getattr(exc, "body", None) or exc).strip().splitlines()
-    first = text[0][:200] if text else type(exc).__name__
+    first = text[0][:500] if text else type(exc).__name__
     return f"HTTP {status}: {first}" if status else f"{type(exc).__name__}: {first}"
 
 

@@ -45,16 +45,15 @@ def ensure_project(client: "LabelStudio", interface: ReviewInterface, settings: 
         project_id = project.id
     else:
         call("update project", lambda: client.projects.update(id=project_id, **options), settings)
-    if interface.kind == "image" and settings.label_studio_image_root and not settings.label_studio_image_url_prefix:
-        ensure_local_storage(client, project_id, str(settings.label_studio_image_root), settings)
     if settings.webhook_url and settings.webhook_secret is not None:
         ensure_webhook(client, project_id, settings)
     return project_id
 
 
 def ensure_local_storage(client: "LabelStudio", project_id: int, path: str, settings: Settings) -> None:
-    """Label Studio serves /data/local-files/ only under a local-files storage of the project; it is never synced
-    (geocurate imports the tasks itself), it only grants the project access to the image directory."""
+    """Label Studio serves /data/local-files/ only for files under a local-files storage of the project, and a
+    storage must be a subdirectory of its document root. It is never synced (geocurate imports the tasks itself):
+    it only grants the project access to that directory."""
     storages = call("list local storages", lambda: client.import_storage.local.list(project=project_id), settings)
     if any(getattr(s, "path", None) == path for s in storages or []):
         return

@@ -15,7 +15,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,7 +27,7 @@ from db.review import set_ls_task, unpushed
 from geocurate.settings import Settings, get_settings
 from labeling.client import call, make_client
 from labeling.configs import INTERFACES, ReviewInterface, interface_for, span_results
-from labeling.projects import ensure_project, task_index
+from labeling.projects import ensure_local_storage, ensure_project, task_index
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 IMPORT_CHUNK = 500
 TOP_CLASSES = 5
+LOCAL_FILES_PREFIX = "/data/local-files/?d="
 REMOTE_SCHEMES = ("http://", "https://", "s3://", "gs://", "azure-blob://")
 
 
@@ -83,7 +84,21 @@ def image_url(uri: str, settings: Settings) -> str:
         raise ValueError("neither GEOCURATE_LABEL_STUDIO_IMAGE_ROOT nor GEOCURATE_LABEL_STUDIO_IMAGE_URL_PREFIX is set")
     if relative is None:
         raise ValueError(f"image is not under GEOCURATE_LABEL_STUDIO_IMAGE_ROOT={root}")
-    return "/data/local-files/?d=" + quote(relative)
+    if "/" not in relative:
+        raise ValueError(f"Label Studio serves local files only from subdirectories of its document root: move the "
+                         f"image into a folder under GEOCURATE_LABEL_STUDIO_IMAGE_ROOT={root}")
+    return LOCAL_FILES_PREFIX + quote(relative)
+
+
+def local_storage_dirs(tasks: list[dict], settings: Settings) -> set[str]:
+    """The document root's top-level folders these tasks' images are served from (one storage each)."""
+    root = Path(settings.label_studio_image_root or ".")
+    dirs = set()
+    for task in tasks:
+        url = task["data"].get("image", "")
+        if url.startswith(LOCAL_FILES_PREFIX):
+            dirs.add(str(root / unquote(url[len(LOCAL_FILES_PREFIX):]).split("/")[0]))
+    return dirs
 
 
 def _latest_scores(session: Session, image_ids: list[int]) -> dict[int, Score]:
@@ -205,6 +220,7 @@ def push_kind(client: "LabelStudio", interface: ReviewInterface, session_url: st
         summary.reconciled += len(adopted)
     adopted_ids = {rid for rid, _ in adopted}
     rows = [r for r in rows if r.id not in adopted_ids]
+    storages: set[str] = set()
     for start in range(0, len(rows), chunk_size):
         batch = rows[start : start + chunk_size]
         with session_scope(session_url) as session:
@@ -215,6 +231,9 @@ def push_kind(client: "LabelStudio", interface: ReviewInterface, session_url: st
         summary.quarantined += len(bad)
         bad_ids = {row.id for row, _ in bad}
         chunk = list(zip([r.id for r in batch if r.id not in bad_ids], tasks))
+        for directory in sorted(local_storage_dirs(tasks, settings) - storages):
+            ensure_local_storage(client, project_id, directory, settings)
+            storages.add(directory)
         if chunk:
             created, late_adopted = _import_chunk(client, project_id, chunk, session_url, settings)
             summary.created += created

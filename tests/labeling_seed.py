@@ -25,10 +25,12 @@ def write_image(root: Path, name: str, seed: int) -> Path:
     return path
 
 
-def seed_images(url: str, image_root: Path, scores: list[float], country: str | None = "PL") -> list[int]:
-    """One image per score (in order), scored by SCORER; returns their ids."""
+def seed_images(url: str, image_root: Path, scores: list[float], country: str | None = "PL",
+                first_seed: int = 0) -> list[int]:
+    """One image per score (in order), scored by SCORER; returns their ids. Images of different `first_seed`
+    differ in content (their sha256), so several calls add distinct images."""
     rows = []
-    for i, score in enumerate(scores):
+    for i, score in enumerate(scores, start=first_seed):
         path = write_image(image_root, f"street_{i:04d}.png", i)
         rows.append(dict(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), uri=str(path), width=48, height=40,
                          lat=50.06, lon=19.94, country_code=country, city="Kraków", source="test"))

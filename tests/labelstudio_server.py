@@ -1,16 +1,24 @@
 """A real Label Studio server for the tests: started once per test session from `.venv-ls` on 127.0.0.1 with a free
 port, a temporary data dir, a fixed admin user and token, and local-files serving rooted at a temporary image dir.
 
+A fresh data dir costs Label Studio ~30 s of migrations (minutes on a busy machine); the first session leaves a
+copy of its migrated data dir in the temp directory, and later sessions start from a copy of it (~4 s). Each test
+starts with no projects and no webhooks (the `label_studio` fixture deletes them), so what a copy carries over is
+only the admin user and the schema.
+
 Load with `pytest_plugins = ["tests.labelstudio_server"]`. Under CI=true a server that does not start fails the
 tests (tests.conftest.unavailable); locally they skip with the reason and the end of the server's log.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,11 +75,31 @@ def server_environment(data_dir: Path, image_root: Path) -> dict[str, str]:
     return env
 
 
+def migrated_template() -> Path:
+    """Where a migrated data dir of this Label Studio install is kept between sessions."""
+    key = hashlib.sha256(f"{LS_BIN.resolve()}:{LS_BIN.stat().st_mtime_ns}:{ADMIN_TOKEN}".encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"geocurate-label-studio-{key}"
+
+
+def save_template(server: LabelStudioServer) -> None:
+    template = migrated_template()
+    if template.exists() or server.process is None or server.process.returncode not in (0, -signal.SIGTERM):
+        return
+    staging = template.with_name(template.name + f".{os.getpid()}")
+    shutil.copytree(server.data_dir, staging, ignore=shutil.ignore_patterns("label-studio.log", "media", "export"))
+    try:
+        staging.rename(template)
+    except OSError:  # another session saved one first
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def start_server(base_dir: Path) -> LabelStudioServer:
     """Start Label Studio and wait for /health; raises RuntimeError with the log's tail when it does not come up."""
     if not LS_BIN.exists():
         raise RuntimeError(f"{LS_BIN} is missing: run `make install-ls`")
     data_dir, image_root = base_dir / "ls-data", base_dir / "ls-images"
+    if migrated_template().is_dir():
+        shutil.copytree(migrated_template(), data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     image_root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -122,6 +150,7 @@ def label_studio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[La
         yield server
     finally:
         stop_server(server)
+        save_template(server)
 
 
 @pytest.fixture
