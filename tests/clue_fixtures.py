@@ -14,6 +14,8 @@ def gazetteer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def gazetteer(gazetteer_dir: Path):
-    from curation.clues.gazetteer import load_gazetteer
+    from curation.clues.gazetteer import get_gazetteer
+    from geocurate.settings import Settings
 
-    return load_gazetteer(gazetteer_dir)
+    # the process-wide gazetteer: commands run in tests (which call get_gazetteer()) reuse it instead of rebuilding
+    return get_gazetteer(Settings(data_dir=gazetteer_dir, spacy_model=None))
