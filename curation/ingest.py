@@ -120,8 +120,7 @@ def ingest_images(session: Session, paths: list[Path], metadata: dict[str, dict[
 
         min_side = get_settings().min_image_side
     summary = IngestSummary()
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    pending: dict[str, dict[str, Any]] = {}  # by sha256: one row per content in this batch
     for path in map(Path, paths):
         meta = (metadata or {}).get(path.name) or (metadata or {}).get(str(path)) or {}
         if "rejected" in meta:
@@ -135,22 +134,24 @@ def ingest_images(session: Session, paths: list[Path], metadata: dict[str, dict[
             summary.quarantined += 1
             quarantine(session, "image", str(path), "unreadable or unusable image", detail=str(exc))
             continue
-        if sha in seen:
+        row = {"sha256": sha, "uri": str(path.resolve()), "width": image.width, "height": image.height,
+               **{k: meta.get(k) for k in ("lat", "lon", "country_code", "city")},
+               "source": meta.get("source") or source}
+        if sha in pending:
             summary.duplicates += 1
+            if pending[sha]["lat"] is None and row["lat"] is not None:
+                pending[sha] = row  # of two copies, keep the one whose location is known
             continue
-        seen.add(sha)
-        rows.append({"sha256": sha, "uri": str(path.resolve()), "width": image.width, "height": image.height,
-                     **{k: meta.get(k) for k in ("lat", "lon", "country_code", "city")},
-                     "source": meta.get("source") or source})
-        if len(rows) >= CHUNK:
-            _flush(session, rows, summary)
-    _flush(session, rows, summary)
+        pending[sha] = row
+        if len(pending) >= CHUNK:
+            _flush(session, pending, summary)
+    _flush(session, pending, summary)
     return summary
 
 
-def _flush(session: Session, rows: list[dict[str, Any]], summary: IngestSummary) -> None:
-    if rows:
-        added = add_images(session, rows)
+def _flush(session: Session, pending: dict[str, dict[str, Any]], summary: IngestSummary) -> None:
+    if pending:
+        added = add_images(session, pending.values())
         summary.added += added
-        summary.duplicates += len(rows) - added
-        rows.clear()
+        summary.duplicates += len(pending) - added
+        pending.clear()

@@ -60,8 +60,8 @@ def insert_rescored(session: Session, source_version: str, target_version: str, 
     if each is None:
         raise NotImplementedError(f"set-based rescoring is not implemented for {dialect!r}")
     statement = text(f"""
-        WITH w(idx, weight) AS (VALUES {_weights_values(weights)})
         INSERT INTO scores (image_id, scorer_version, locatability, class_ratios, decision, computed_at)
+        WITH w(idx, weight) AS (VALUES {_weights_values(weights)})
         SELECT r.image_id, :target, r.loc, r.class_ratios,
                CASE WHEN r.loc >= :low AND r.loc < :high THEN 'review'
                     WHEN r.loc >= :threshold THEN 'keep' ELSE 'drop' END,

@@ -1,0 +1,131 @@
+"""`ingest images` + `score` fill the store on SQLite and PostgreSQL; re-runs score nothing new; a corrupt file is
+quarantined without losing its batch; rescoring from stored ratios runs no model and adds rows under a new version."""
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from curation.locatability import locatability
+from curation.score_store import pending_image_ids, rescore_from_ratios, score_images
+from curation.scoring import Scorer, decide
+from db.engine import session_scope
+from db.models import Image, ImageEmbedding, Quarantine, Score, ScorerVersion
+from geocurate.cli import app
+from geocurate.settings import reload_settings
+from tests.scoring_images import write_images
+
+
+@pytest.fixture
+def demo_env(monkeypatch):
+    for key, value in dict(DEMO_MODELS="true", SAM_POINTS_PER_SIDE="4", SCORE_DTYPE="float32",
+                           SCORE_BATCH_SIZE="3").items():
+        monkeypatch.setenv(f"GEOCURATE_{key}", value)
+    return reload_settings()
+
+
+def run(*args):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_ingest_then_score_fills_the_store_once(store_url, demo_env, tmp_path):
+    paths = write_images(tmp_path / "images", 5)
+    assert "added 5" in run("ingest", "images", str(tmp_path / "images"))
+    paths[3].write_bytes(paths[3].read_bytes()[:100])  # corrupted after ingest: found at scoring time
+
+    output = run("score")
+    assert "scored 4, skipped 0, quarantined 1" in output
+    with session_scope() as session:
+        statuses = dict(session.execute(select(Image.uri, Image.status)).tuples().all())
+        scores = session.scalars(select(Score)).all()
+        version = scores[0].scorer_version
+        assert session.get(ScorerVersion, version).params["segmenter"] == "sam"
+        assert session.scalar(select(func.count()).select_from(ImageEmbedding)) == 4
+        assert session.scalar(select(Quarantine.reason)) == "unreadable or unusable image"
+        assert pending_image_ids(session, version) == []
+    assert statuses[str(paths[3].resolve())] == "quarantined"
+    assert sorted(statuses.values()).count("scored") == 4
+    for score in scores:
+        assert sum(score.class_ratios.values()) <= 1 + 1e-9
+        assert score.locatability == pytest.approx(locatability(score.class_ratios), abs=1e-12)
+        assert score.decision == decide(score.locatability, demo_env)
+
+    assert "scored 0, skipped 0, quarantined 0" in run("score")  # re-run: nothing new
+    assert "added 0, duplicates 4" in run("ingest", "images", str(tmp_path / "images"))
+
+    scorer = Scorer.from_settings(demo_env)  # a batch delivered twice is skipped, not scored again
+    with session_scope() as session:
+        ids = list(session.scalars(select(Image.id).where(Image.status == "scored")))
+        again = score_images(session, scorer, ids)
+        assert (again.scored, again.skipped) == (0, 4)
+        assert session.scalar(select(func.count()).select_from(Score)) == 4
+
+
+def test_changed_setting_scores_again_under_a_new_version(store_url, demo_env, tmp_path, monkeypatch):
+    write_images(tmp_path / "images", 2)
+    run("ingest", "images", str(tmp_path / "images"))
+    run("score")
+    monkeypatch.setenv("GEOCURATE_CLIP_PROMPT_TEMPLATE", "a photo of a {name}")
+    reload_settings()
+    assert "scored 2" in run("score")
+    with session_scope() as session:
+        assert session.scalar(select(func.count(func.distinct(Score.scorer_version)))) == 2
+        assert session.scalar(select(func.count()).select_from(Score)) == 4
+
+
+def test_score_image_prints_json_lines(demo_env, tmp_path):
+    good = write_images(tmp_path, 2)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    lines = [json.loads(line) for line in run("score-image", str(good[0]), str(bad), str(good[1])).splitlines()
+             if line.startswith("{")]
+    by_path = {line["path"]: line for line in lines}
+    assert "unreadable image" in by_path[str(bad)]["error"]
+    for path in good:
+        assert set(by_path[str(path)]) >= {"locatability", "top_classes", "decision", "scorer_version"}
+
+
+def test_rescore_from_stored_ratios_runs_no_model(store_url, demo_env, tmp_path, monkeypatch):
+    write_images(tmp_path / "images", 4)
+    run("ingest", "images", str(tmp_path / "images"))
+    run("score")
+    with session_scope() as session:
+        old = {s.image_id: s for s in session.scalars(select(Score))}
+    source = next(iter(old.values())).scorer_version
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("rescoring must not load or run a model")
+
+    import curation.clip
+    import curation.segmenters.maskformer
+    import curation.segmenters.sam
+
+    monkeypatch.setattr(curation.clip, "build_clip", no_model)
+    monkeypatch.setattr(curation.segmenters.sam, "load_sam", no_model)
+    monkeypatch.setattr(curation.segmenters.sam.SamSegmenter, "segment", no_model)
+    monkeypatch.setattr(curation.segmenters.maskformer, "load_segmentation_model", no_model)
+
+    weights = [0.9 if i % 2 else 0.2 for i in range(150)]
+    with session_scope() as session:
+        result = rescore_from_ratios(session, weights, source, threshold=0.45, review_band=(0.35, 0.55))
+    assert result.rows == 4 and result.scorer_version != source
+    with session_scope() as session:
+        again = rescore_from_ratios(session, weights, source, threshold=0.45, review_band=(0.35, 0.55))
+        new = {s.image_id: s for s in session.scalars(select(Score).where(Score.scorer_version == again.scorer_version))}
+        params = session.get(ScorerVersion, again.scorer_version).params
+    assert again == type(result)(result.scorer_version, 0)  # same request, same version, nothing added
+    assert params["threshold"] == 0.45 and params["sam"] == "demo:tiny:seed0"
+    for image_id, score in new.items():
+        expected = locatability(old[image_id].class_ratios, weights)
+        assert score.locatability == pytest.approx(expected, abs=1e-12)
+        assert score.class_ratios == old[image_id].class_ratios
+        band = "review" if 0.35 <= expected < 0.55 else ("keep" if expected >= 0.45 else "drop")
+        assert score.decision == band
+
+    weights_file = tmp_path / "weights.json"
+    weights_file.write_text(json.dumps([0.1] * 150))
+    output = run("rescore", "--from", source, "--weights", str(weights_file))
+    assert "4 rows rescored" in output
