@@ -86,7 +86,7 @@ def build_processor(tokenizer):
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     # 56x56..112x112 pixels: 4 to 16 image tokens after the 2x2 merge, so a step costs milliseconds on a CPU.
-    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112})
     return Qwen2VLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(),
         chat_template=QWEN2_VL_CHAT_TEMPLATE,

@@ -46,8 +46,8 @@ class ModelFamily:
     def end_of_turn(self, processor) -> str:
         return processor.tokenizer.eos_token or ""
 
-    def processor_kwargs(self, min_pixels: int | None, max_pixels: int | None) -> dict[str, Any]:
-        return {}
+    def size_processor(self, processor, min_pixels: int | None, max_pixels: int | None) -> None:
+        """Bound the image size (and so the image tokens per example); families without dynamic sizing ignore it."""
 
     def is_vision_parameter(self, name: str) -> bool:
         return any(f".{prefix}." in f".{name}." for prefix in self.vision_module_prefixes)
@@ -55,7 +55,8 @@ class ModelFamily:
     def load_processor(self, path: str, min_pixels: int | None = None, max_pixels: int | None = None):
         from transformers import AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(path, **self.processor_kwargs(min_pixels, max_pixels))
+        processor = AutoProcessor.from_pretrained(path)
+        self.size_processor(processor, min_pixels, max_pixels)
         processor.tokenizer.padding_side = "left"  # generation appends on the right
         return processor
 
@@ -76,15 +77,16 @@ class Qwen2VLFamily(ModelFamily):
     def end_of_turn(self, processor) -> str:
         return "<|im_end|>\n"
 
-    def processor_kwargs(self, min_pixels: int | None, max_pixels: int | None) -> dict[str, Any]:
-        # Qwen2-VL sizes images dynamically between min_pixels and max_pixels (tokens = pixels / 28²).
-        kwargs: dict[str, Any] = {}
+    def size_processor(self, processor, min_pixels: int | None, max_pixels: int | None) -> None:
+        # Qwen2-VL resizes each image to between min_pixels and max_pixels (one token per 28x28 pixels), kept in
+        # the image processor's size as shortest_edge / longest_edge.
+        image_processor = processor.image_processor
+        size = dict(image_processor.size)
         if min_pixels:
-            kwargs["min_pixels"] = min_pixels
+            size["shortest_edge"] = min_pixels
         if max_pixels:
-            kwargs["max_pixels"] = max_pixels
-        return kwargs
-
+            size["longest_edge"] = max_pixels
+        image_processor.size = type(image_processor.size)(**size)
 
 FAMILIES: dict[str, type[ModelFamily]] = {"qwen2_vl": Qwen2VLFamily, "qwen2_5_vl": Qwen2VLFamily}
 

@@ -141,8 +141,14 @@ def quarantine_rejects(rejected) -> None:
 
 
 def training_arguments(config: TrainingConfig, output_dir: Path, precision: str, device):
+    import inspect
+
     from transformers import TrainingArguments
 
+    extra = {}
+    if config.gradient_checkpointing:  # renamed activation_checkpointing in recent transformers
+        parameters = inspect.signature(TrainingArguments.__init__).parameters
+        extra["activation_checkpointing" if "activation_checkpointing" in parameters else "gradient_checkpointing"] = True
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
@@ -157,7 +163,6 @@ def training_arguments(config: TrainingConfig, output_dir: Path, precision: str,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device.type == "cpu",
-        gradient_checkpointing=config.gradient_checkpointing,
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
@@ -170,6 +175,7 @@ def training_arguments(config: TrainingConfig, output_dir: Path, precision: str,
         label_names=["labels"],
         dataloader_num_workers=0,
         disable_tqdm=True,
+        **extra,
     )
 
 
