@@ -60,7 +60,8 @@ class ExportResult:
 # --- answers ----------------------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
-def _ade20k() -> tuple[list[str], np.ndarray]:
+def ade20k_tables() -> tuple[list[str], np.ndarray]:
+    """Short ADE20K class names and the reference locatability weights."""
     try:  # the scoring part's canonical tables
         from curation.locatability import ADE20K_CLASSES as classes, REFERENCE_WEIGHTS as weights
     except ImportError:
@@ -72,7 +73,7 @@ def _ade20k() -> tuple[list[str], np.ndarray]:
 def evidence_sentence(class_ratios: dict[str, float] | None, top: int = 3) -> str:
     """The location stage's `reasons`: the classes contributing most to the image's locatability (weight × area),
     the same evidence the score used."""
-    names, weights = _ade20k()
+    names, weights = ade20k_tables()
     contributions = []
     for index, fraction in (class_ratios or {}).items():
         i = int(index)

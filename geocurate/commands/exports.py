@@ -1,7 +1,116 @@
-"""Commands of this part (filled in by its issue)."""
+"""`geocurate export NAME`, `geocurate thresholds report`, `geocurate thresholds fit-weights`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
+from geocurate.errors import UserError
+from geocurate.settings import get_settings
+
+thresholds_app = typer.Typer(help="Tune the locatability threshold and the class weights.", no_args_is_help=True)
+
+
+def export(
+    name: str = typer.Argument(..., help="Export name: a new folder under export_dir (exports are never overwritten)."),
+    threshold: float = typer.Option(None, help="Keep images with locatability at or above this (default: threshold)."),
+    scorer_version: str = typer.Option(None, help="Scores to use (default: the latest scorer version)."),
+    split: str = typer.Option("0.8/0.1/0.1", help="train/val/test shares, split by city (or H3 cell)."),
+    seed: int = typer.Option(0, help="Seed of the geo-aware split."),
+    images: str = typer.Option(None, help="link or copy (default: export_images)."),
+    no_dedup: bool = typer.Option(False, "--no-dedup", help="Keep near-duplicate images."),
+    train: bool = typer.Option(False, "--train", help="Then enqueue the two-stage training on this export."),
+) -> None:
+    """Build a curated, versioned export (manifest, location and reasoning JSONL, images) and record it."""
+    from curation.export import build_export
+    from db.engine import check_connection
+
+    if images not in (None, "link", "copy"):
+        raise UserError(f"--images must be link or copy, not {images!r}")
+    settings = get_settings()
+    check_connection(settings.database_url)
+    result = build_export(settings.database_url, name, threshold=threshold, scorer_version=scorer_version, split=split,
+                          seed=seed, images=images, dedup=not no_dedup)
+    location = result.counts["location"]
+    typer.echo(f"export {result.name}: {result.path}")
+    typer.echo(f"  location train/val/test: {location['train']}/{location['val']}/{location['test']}; "
+               f"reasoning: {result.counts['reasoning']['train']}; near-duplicates removed: {result.removed_duplicates}")
+    typer.echo(f"  content hash {result.content_hash}")
+    if train:
+        from workers.pipeline import submit_training
+
+        run_id = submit_training(result.export_id, stages=("reasoning", "location"))
+        typer.echo(f"  training run {run_id} submitted (reasoning, then location)")
+
+
+@thresholds_app.command("report")
+def thresholds_report(
+    out: Path = typer.Option(None, "--out", help="Folder for report.html and the plots (default: data_dir/reports)."),
+    scorer_version: str = typer.Option(None, help="Scores to report on (default: the latest scorer version)."),
+) -> None:
+    """Histograms, precision/recall/F1 against human labels, calibration and dataset size per threshold."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from curation.thresholds import build_report
+    from curation.thresholds.render import THRESHOLD_HEADERS, threshold_table_rows
+    from db.engine import check_connection
+
+    settings = get_settings()
+    check_connection(settings.database_url)
+    report = build_report(settings.database_url, out, scorer_version)
+    stats = report.stats
+    table = Table(title=f"scorer {stats.scorer_version}: {stats.total:,} images, {stats.labelled} human-labelled")
+    for header in THRESHOLD_HEADERS:
+        table.add_column(header, justify="right")
+    for row, values in zip(stats.rows, threshold_table_rows(stats)):
+        style = "bold yellow" if row.threshold in (0.4, stats.best_threshold) else None
+        table.add_row(*values, style=style)
+    console = Console()
+    console.print(table)
+    if stats.best_threshold is not None:
+        console.print(f"best F1 {stats.best_f1:.3f} at threshold {stats.best_threshold:.2f} (paper: 0.4)")
+    if report.fit is not None:
+        fit = report.fit
+        console.print(f"re-fitted weights: held-out AUC {fit.fitted_auc:.3f} vs reference {fit.reference_auc:.3f} "
+                      f"({'better' if fit.better else 'not better'}); `geocurate thresholds fit-weights` saves them")
+    console.print(f"report: {report.html}")
+
+
+@thresholds_app.command("fit-weights")
+def thresholds_fit_weights(
+    out: Path = typer.Option(..., "--out", help="JSON file for the 150 weights (use it as class_weights_path)."),
+    scorer_version: str = typer.Option(None, help="Scores whose class ratios and labels to fit (default: latest)."),
+    l2: float = typer.Option(None, help="L2 penalty (default: chosen on a validation part of the labels)."),
+    seed: int = typer.Option(0, help="Seed of the held-out split."),
+) -> None:
+    """Re-fit the class weights from human labels and save them, with a comparison against the reference."""
+    from curation.thresholds import fit_class_weights, labelled_class_ratios
+    from db.engine import check_connection, session_scope
+    from db.exports import latest_scorer_version
+
+    settings = get_settings()
+    check_connection(settings.database_url)
+    with session_scope() as session:
+        version = scorer_version or latest_scorer_version(session)
+        if not version:
+            raise UserError("the store has no scores yet; run `geocurate score` first")
+        ratios, locatable = labelled_class_ratios(session, version)
+    try:
+        fit = fit_class_weights(ratios, locatable, l2=l2, seed=seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    fit.save(out)
+    typer.echo(json.dumps({"weights": str(out), "better_than_reference": fit.better, "heldout_auc": fit.fitted_auc,
+                           "reference_auc": fit.reference_auc, "heldout_f1": fit.fitted_f1,
+                           "reference_f1": fit.reference_f1, "threshold": fit.fitted_threshold}))
+    if not fit.better:
+        typer.echo("the re-fitted weights do not beat the reference on held-out labels: keep the reference",
+                   err=True)
+
 
 def register(app: typer.Typer, ingest_app: typer.Typer) -> None:
-    pass
+    app.command("export")(export)
+    app.add_typer(thresholds_app, name="thresholds")
