@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 LS_VENV := .venv-ls
 LABEL_STUDIO_VERSION := 1.23.2
 
-.PHONY: demo test install install-ls test-fast clean migration
+.PHONY: demo test install install-ls test-fast clean migration chromium
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ install-ls: $(LS_VENV)/.installed
 demo: install
 	$(VENV)/bin/geocurate demo
 
-test: install install-ls
+# Headless browser for the threshold report's rendering test (Debian package; installed only when missing).
+chromium:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: install install-ls chromium
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -ra --timeout=900 $(PYTEST_ARGS)
 
 test-fast: install
