@@ -46,7 +46,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     backend = settings.result_backend
     if backend is None and broker.startswith(("redis://", "rediss://")):
         backend = broker
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.queue_prefix and broker.startswith(("redis://", "rediss://")):
+        transport["global_keyprefix"] = settings.queue_prefix  # unacked sets and bindings too, not only queues
     return dict(
         broker_url=broker,
         result_backend=backend,

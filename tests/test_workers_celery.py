@@ -1,0 +1,329 @@
+"""Real `geocurate worker` processes (Celery, prefork) against this machine's Redis and PostgreSQL, scoring tiny
+generated images with the tiny random-weight models: two workers sharing a run, a worker SIGKILLed mid-batch, the
+same message delivered twice, a corrupt image inside a batch.
+
+Each test session uses its own Redis database number and a unique key/queue prefix, so nothing else using Redis is
+touched. Under CI an unreachable Redis or PostgreSQL fails these tests; locally they skip with the reason."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from sqlalchemy import func, select
+
+from db.engine import session_scope
+from db.models import Batch, Image, Quarantine, Score, TaskFailure
+from geocurate.settings import reload_settings
+from tests.conftest import create_pg_database, drop_pg_database, unavailable
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+
+REDIS_SERVER = os.environ.get("GEOCURATE_TEST_REDIS", "redis://127.0.0.1:6379/11")
+ROOT = Path(__file__).resolve().parents[1]
+WORKER_START_TIMEOUT = 120
+RUN_TIMEOUT = 300
+# Fast scoring: the tiny ADE20K segmentation model, fp32, one torch thread per worker process (2 cores here).
+WORKER_SETTINGS = {
+    "GEOCURATE_DEMO_MODELS": "1",
+    "GEOCURATE_SEGMENTER": "maskformer",
+    "GEOCURATE_SCORE_DTYPE": "float32",
+    "GEOCURATE_DEVICE": "cpu",
+    "GEOCURATE_BATCH_SIZE": "10",
+    "GEOCURATE_RETRY_BACKOFF_MAX": "2",
+}
+
+
+def write_images(directory: Path, count: int, seed: int) -> list[Path]:
+    """Small noisy images, distinct by content (so distinct sha256), the same bytes for the same seed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        pixels = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+        path = directory / f"img_{seed}_{index:04d}.png"
+        PILImage.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+def corrupt(path: Path) -> None:
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8)
+
+
+class Workers:
+    """`geocurate worker` subprocesses sharing one environment (store, broker, prefix)."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, queues: str = "ingest,score,review,export", **extra_env: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "geocurate.cli", "worker", "--queues", queues, "--concurrency", "1",
+             "--hostname", f"{name}@%h", "--loglevel", "INFO"],
+            env={**self.env, **extra_env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def wait_ready(self, *names: str) -> None:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT
+        for name in names:
+            while b" ready." not in self.log(name).encode():
+                if self.procs[name].poll() is not None:
+                    pytest.fail(f"worker {name} exited with {self.procs[name].returncode}:\n{self.log(name)[-3000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"worker {name} not ready after {WORKER_START_TIMEOUT}s:\n{self.log(name)[-3000:]}")
+                time.sleep(0.2)
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the worker and its pool children at once, as the OOM killer or a lost machine would."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def require_redis() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_SERVER, socket_connect_timeout=3).ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no Redis here"
+        unavailable(f"Redis at {REDIS_SERVER}", str(exc).splitlines()[0])
+
+
+def drop_keys(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_SERVER)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(scope="module")
+def worker_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL store and a private Redis prefix, as the environment every worker and the test share."""
+    require_redis()
+    from db.migrate import upgrade
+
+    url = create_pg_database("geocurate_workers")
+    upgrade(url)
+    prefix = f"gc-test-{uuid.uuid4().hex[:8]}-"
+    base = tmp_path_factory.mktemp("workers")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GEOCURATE_")}
+    env.update(WORKER_SETTINGS, GEOCURATE_DATABASE_URL=url, GEOCURATE_BROKER_URL=REDIS_SERVER,
+               GEOCURATE_QUEUE_PREFIX=prefix, GEOCURATE_DATA_DIR=str(base / "data"),
+               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env["GEOCURATE_TEST_BASE"] = str(base)
+    try:
+        yield env
+    finally:
+        drop_keys(prefix)
+        drop_pg_database(url)
+
+
+@pytest.fixture
+def use_env(worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
+    """This test process sees the same settings as the workers (the autouse fixture cleared GEOCURATE_*)."""
+    for key, value in worker_env.items():
+        if key.startswith("GEOCURATE_"):
+            monkeypatch.setenv(key, value)
+    return reload_settings()
+
+
+@pytest.fixture(scope="module")
+def two_workers(worker_env: dict[str, str]) -> Iterator[Workers]:
+    log_dir = Path(worker_env["GEOCURATE_TEST_BASE"]) / "logs"
+    log_dir.mkdir()
+    workers = Workers(worker_env, log_dir)
+    try:
+        workers.start("w1")
+        workers.start("w2")
+        workers.wait_ready("w1", "w2")
+        yield workers
+    finally:
+        workers.stop_all()
+
+
+def score_rows(url: str) -> list[tuple]:
+    with session_scope(url) as session:
+        return session.execute(
+            select(Score.id, Score.image_id, Score.scorer_version, Score.locatability, Score.computed_at)
+            .order_by(Score.id)
+        ).all()
+
+
+def score_step_total(state: dict, key: str) -> int:
+    return int(state["summary"].get("score", {}).get("totals", {}).get(key, 0))
+
+
+def test_two_workers_score_every_image_exactly_once(two_workers: Workers, use_env, tmp_path: Path) -> None:
+    from workers.pipeline import run_pipeline, wait_for_run
+
+    paths = write_images(tmp_path / "images", 210, seed=1)
+    corrupt(paths[17])
+    run_id = run_pipeline(tmp_path / "images", settings=use_env)
+    state = wait_for_run(run_id, RUN_TIMEOUT, use_env)
+    assert state["status"] == "done", state
+
+    url = use_env.database_url
+    with session_scope(url) as session:
+        counts = dict(session.execute(select(Image.status, func.count()).group_by(Image.status)).tuples().all())
+        per_image = session.execute(select(Score.image_id, func.count()).group_by(Score.image_id)).tuples().all()
+        holders = set(session.scalars(select(Batch.claimed_by).where(Batch.run_id == run_id, Batch.step == "score")))
+        bad = session.scalars(select(Quarantine.reference).where(Quarantine.item_kind == "image")).all()
+    assert counts == {"scored": 209}, "every readable image stored once and scored"
+    assert len(per_image) == 209 and all(n == 1 for _, n in per_image), "exactly one score row per image"
+    assert score_step_total(state, "scored") == 209 and score_step_total(state, "skipped") == 0, (
+        "no batch's work was committed twice"
+    )
+    assert bad == [str(paths[17].resolve())] or bad == [str(paths[17])]
+    assert len({holder.rsplit(":", 1)[1] for holder in holders}) == 2, f"both workers took batches: {holders}"
+
+
+def test_a_corrupt_image_inside_a_batch_is_quarantined_and_the_rest_scored(two_workers: Workers, use_env,
+                                                                           tmp_path: Path) -> None:
+    from curation.ingest import ingest_images
+    from workers.pipeline import start_run, wait_for_run
+
+    paths = write_images(tmp_path / "images", 8, seed=2)
+    url = use_env.database_url
+    with session_scope(url) as session:
+        assert ingest_images(session, paths).added == 8
+    corrupt(paths[3])  # the file went bad between ingest and scoring (a disk or copy error)
+    run_id = start_run(["score"], {}, "pipeline", use_env)
+    state = wait_for_run(run_id, RUN_TIMEOUT, use_env)
+    assert state["status"] == "done" and state["summary"]["score"]["batches"] == {"done": 1}, state
+    assert score_step_total(state, "scored") == 7 and score_step_total(state, "quarantined") == 1
+    with session_scope(url) as session:
+        reason = session.scalar(select(Quarantine.reason).where(Quarantine.reference == str(paths[3].resolve())))
+        status = session.scalar(select(Image.status).where(Image.uri == str(paths[3].resolve())))
+        failures = session.scalar(select(func.count()).select_from(TaskFailure))
+    assert reason == "unreadable or unusable image" and status == "quarantined"
+    assert failures == 0, "bad input is quarantined, never a task failure or a retry"
+
+
+def test_the_same_message_delivered_twice_leaves_the_store_unchanged(two_workers: Workers, use_env,
+                                                                     tmp_path: Path) -> None:
+    from curation.ingest import ingest_images
+    from workers.app import sender_for
+    from workers.pipeline import create_run, wait_for_run
+
+    paths = write_images(tmp_path / "images", 10, seed=3)
+    url = use_env.database_url
+    with session_scope(url) as session:
+        ingest_images(session, paths)
+    run_id, (step, (batch_id,)) = create_run(["score"], {}, "pipeline", use_env)
+    sender = sender_for(use_env)
+    task_id = str(uuid.uuid4())
+    skip_line = f"batch {batch_id}: already done or held by a live worker"
+
+    def deliver() -> None:
+        sender.send_task("workers.tasks.score_batch", args=(batch_id,), task_id=task_id)
+
+    def wait_for_skips(count: int) -> None:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while sum(two_workers.log(name).count(skip_line) for name in two_workers.procs) < count:
+            assert time.monotonic() < deadline, f"the duplicate delivery of batch {batch_id} was never processed"
+            time.sleep(0.1)
+
+    deliver()
+    deliver()  # the same message twice, at once: one delivery claims the batch, the other finds it taken
+    state = wait_for_run(run_id, RUN_TIMEOUT, use_env)
+    wait_for_skips(1)
+    assert state["status"] == "done" and score_step_total(state, "scored") == 10, state
+    before = score_rows(url)
+    with session_scope(url) as session:
+        batch_before = session.execute(select(Batch.status, Batch.attempts, Batch.updated_at, Batch.result)
+                                       .where(Batch.id == batch_id)).one()
+    deliver()  # and once more after it is done
+    wait_for_skips(2)
+    assert score_rows(url) == before and len(before) >= 10
+    with session_scope(url) as session:
+        assert session.execute(select(Batch.status, Batch.attempts, Batch.updated_at, Batch.result)
+                               .where(Batch.id == batch_id)).one() == batch_before
+    assert batch_before.attempts == 1 and batch_before.status == "done"
+
+
+def test_a_worker_killed_mid_batch_then_reconcile_scores_every_image_once(worker_env: dict[str, str],
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    """Own prefix and workers: the shared pair must not pick up this run's batches."""
+    prefix = f"gc-kill-{uuid.uuid4().hex[:8]}-"
+    env = {**worker_env, "GEOCURATE_QUEUE_PREFIX": prefix, "GEOCURATE_LEASE_SECONDS": "4",
+           "GEOCURATE_BATCH_SIZE": "6"}
+    for key, value in env.items():
+        if key.startswith("GEOCURATE_"):
+            monkeypatch.setenv(key, value)
+    settings = reload_settings()
+    from workers.app import sender_for
+    from workers.pipeline import run_pipeline, wait_for_run
+
+    (tmp_path / "logs").mkdir()
+    workers = Workers(env, tmp_path / "logs")
+    try:
+        workers.start("victim")
+        workers.wait_ready("victim")
+        write_images(tmp_path / "images", 60, seed=4)
+        run_id = run_pipeline(tmp_path / "images", settings=settings)
+        url = settings.database_url
+        deadline = time.monotonic() + RUN_TIMEOUT
+        killed_batch = None
+        while killed_batch is None:
+            with session_scope(url) as session:
+                killed_batch = session.scalar(select(Batch.id).where(
+                    Batch.run_id == run_id, Batch.step == "score", Batch.status == "claimed"))
+            assert time.monotonic() < deadline, "the score step never started"
+            if killed_batch is None:
+                time.sleep(0.02)
+        workers.kill("victim")
+        with session_scope(url) as session:
+            victim = session.get(Batch, killed_batch)
+            assert victim.status == "claimed", "killed while the batch was in progress"
+            victim_holder = victim.claimed_by
+
+        workers.start("replacement")
+        workers.wait_ready("replacement")
+        time.sleep(4.5)  # the dead worker's lease runs out
+        sender_for(settings).send_task("workers.tasks.reconcile")
+        state = wait_for_run(run_id, RUN_TIMEOUT, settings)
+    finally:
+        workers.stop_all()
+        drop_keys(prefix)
+
+    assert state["status"] == "done", state
+    with session_scope(url) as session:
+        per_image = session.execute(select(Score.image_id, func.count()).join(Image, Image.id == Score.image_id)
+                                    .where(Image.uri.like(f"{tmp_path}%")).group_by(Score.image_id)).tuples().all()
+        redone = session.get(Batch, killed_batch)
+    assert len(per_image) == 60 and all(n == 1 for _, n in per_image), "none lost, none duplicated"
+    assert score_step_total(state, "scored") == 60, "the killed batch's half-done work was never committed"
+    assert redone.status == "done" and redone.attempts == 2 and redone.claimed_by != victim_holder
