@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -112,11 +113,51 @@ class _HashedWriter:
 
 
 class _ImagePlacer:
-    """Links or copies each image into images/ once, and lists it in images.sha256."""
+    """Links or copies each image into images/ once, and lists it in images.sha256.
+
+    Links of the location pass (unique images, guaranteed by the query) are made by one background thread while the
+    main thread goes on serialising: os.symlink releases the GIL, and at a million images it is the export's floor.
+    """
+
+    LINK_BATCH = 5000
 
     def __init__(self, root: Path, mode: str, listing: _HashedWriter):
         self.root, self.mode, self.listing, self.placed = root, mode, listing, 0
         (root / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        self._pending: list[tuple[str, str]] = []
+        self._linker = ThreadPoolExecutor(max_workers=1) if mode == "link" else None
+        self._jobs: list[Future] = []
+
+    def place_new(self, sha256: str, uri: str) -> str | None:
+        """Place an image known not to be placed yet (deferred link)."""
+        if self._linker is None:
+            return self.place(sha256, uri)
+        relative = _image_name(sha256, uri)
+        self._pending.append((os.path.abspath(uri), os.path.join(self.root, relative)))
+        if len(self._pending) >= self.LINK_BATCH:
+            self._submit()
+        self.listing.write_line(f"{sha256}  {relative}")
+        self.placed += 1
+        return relative
+
+    def _submit(self) -> None:
+        batch, self._pending = self._pending, []
+        while len(self._jobs) >= 4:  # bounded backlog: memory stays constant if linking is the slower side
+            self._jobs.pop(0).result()
+        self._jobs.append(self._linker.submit(_make_links, batch))
+
+    def wait(self) -> None:
+        """All deferred links exist (errors raised here)."""
+        if self._linker is not None:
+            if self._pending:
+                self._submit()
+            for job in self._jobs:
+                job.result()
+            self._jobs = []
+
+    def close(self) -> None:
+        if self._linker is not None:
+            self._linker.shutdown(wait=True)
 
     def place(self, sha256: str, uri: str) -> str | None:
         """Relative path of the image in the export; None when a copy's source is gone (caller quarantines)."""
@@ -131,12 +172,17 @@ class _ImagePlacer:
                     return None
                 shutil.copyfile(source, target)
             else:
-                os.symlink(source, target)  # one syscall: at a million images this loop is the export's floor
+                os.symlink(source, target)
         except FileExistsError:
             return relative  # placed already (an image both in location and reasoning)
         self.listing.write_line(f"{sha256}  {relative}")
         self.placed += 1
         return relative
+
+
+def _make_links(pairs: list[tuple[str, str]]) -> None:
+    for source, target in pairs:
+        os.symlink(source, target)
 
 
 def _line(example: Example) -> str:
@@ -291,7 +337,7 @@ def _write(session: Session, export_id: int, name: str, root: Path, parameters: 
             for r in rows:
                 if r.id in drop:
                     continue
-                relative = placer.place(r.sha256, r.uri)
+                relative = placer.place_new(r.sha256, r.uri)
                 if relative is None:
                     quarantine(session, "image", r.uri, "missing at export", f"export {name}")
                     continue
@@ -325,6 +371,8 @@ def _write(session: Session, export_id: int, name: str, root: Path, parameters: 
     if batch:
         flush(batch)
 
+    placer.wait()  # the reasoning pass may place the same images again: their links must exist first
+
     # reasoning stage: accepted clues with their images, none from a held-out place
     reasoning = _HashedWriter(reasoning_file(root))
     held_out = 0
@@ -349,6 +397,8 @@ def _write(session: Session, export_id: int, name: str, root: Path, parameters: 
         items.append(dict(export_id=export_id, dataset="reasoning", split="train", image_id=r.id, clue_id=r.clue_id))
     store.add_export_items(session, items)
     store.drop_group_table(session, groups)
+    placer.wait()
+    placer.close()
 
     files = {f"location/{s}.jsonl": w.close() for s, w in writers.items()}
     files["reasoning/train.jsonl"] = reasoning.close()
