@@ -236,3 +236,42 @@ def test_fast_line_writer_matches_the_format():
     example = Example(id="a", image="images/a.jpg", prompt=PROMPT, answer=Answer("Poland", "Kraków", "signs"),
                       country_code="PL", city="Kraków", lat=50.0, lon=19.9, meta={"place": "city:PL:krakow"})
     assert _line(example) == example.to_line()
+
+
+def test_dedup_computes_missing_embeddings_and_reuses_stored_ones(sqlite_store, tmp_path, monkeypatch):
+    """Demo open_clip: a one-pixel edit is a near-copy; a stored vector is used as is, never recomputed."""
+    from PIL import Image as PILImage
+
+    from curation.clip import load_clip
+    from geocurate.settings import reload_settings
+
+    monkeypatch.setenv("GEOCURATE_DEMO_MODELS", "1")
+    monkeypatch.setenv("GEOCURATE_DEDUP_SIMILARITY", "0.99")
+    settings = reload_settings()
+    rng = np.random.default_rng(0)
+    a = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    b = a.copy()
+    b[0, 0] = 0
+    c = np.zeros((64, 64, 3), np.uint8)
+    c[:, :32] = 255
+    rows = []
+    for n, pixels in enumerate((a, b, c)):
+        path = tmp_path / f"{n}.png"
+        PILImage.fromarray(pixels).save(path)
+        rows.append(dict(sha256=sha(500 + n), uri=str(path), lat=50.0, lon=19.9, country_code="PL", city="Kraków"))
+    clip = load_clip(settings)
+    with session_scope() as s:
+        add_images(s, rows)
+        ids = ids_by_sha(s, [r["sha256"] for r in rows])
+        a_id, b_id, c_id = (ids[r["sha256"]] for r in rows)
+        add_scores(s, [dict(image_id=i, scorer_version="v1", locatability=loc, class_ratios={"6": loc}, decision="keep")
+                       for i, loc in ((a_id, 0.8), (b_id, 0.9), (c_id, 0.7))])
+        # c's stored vector says "copy of b": the export must reuse it rather than embed c's pixels
+        b_vector = clip.encode_images([PILImage.fromarray(b)])[0]
+        store_embeddings(s, {c_id: b_vector}, clip.version)
+    result = build_export(None, "clip-dedup", threshold=0.0, split=(1.0, 0.0, 0.0))
+    exported = [ex.id for ex in read_examples(location_file(result.path, "train"))]
+    assert exported == [sha(501)] and result.removed_duplicates == 2
+    with session_scope() as s:
+        stored = s.scalars(select(m.ImageEmbedding.image_id).where(m.ImageEmbedding.model_version == clip.version)).all()
+    assert set(stored) == {a_id, b_id, c_id}
