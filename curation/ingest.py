@@ -7,7 +7,6 @@ reason; everything else in the batch still goes in. Re-running on the same folde
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path

@@ -91,7 +91,8 @@ def score_images(session: Session, scorer: Scorer, image_ids: Sequence[int]) -> 
 
 
 def rescore_from_ratios(session: Session, weights: Sequence[float], scorer_version_from: str,
-                        threshold: float | None = None, review_band: tuple[float, float] | None = None) -> RescoreSummary:
+                        threshold: float | None = None,
+                        review_band: tuple[float, float] | None = None) -> RescoreSummary:
     """New score rows for every image scored under `scorer_version_from`, computed from its stored class ratios with
     new weights (and optionally a new threshold / review band) inside the database. No model is loaded. The new
     version is the old one's parameters with the weights and decision rule replaced: the same version a model run

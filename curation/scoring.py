@@ -111,7 +111,8 @@ class Scorer:
     @property
     def embedding_version(self) -> str | None:
         """Model version of the whole-image embeddings the segmenter computes alongside (None when it does not)."""
-        return self.clip.version if self.clip is not None and getattr(self.segmenter, "image_embeddings", False) else None
+        computes = self.clip is not None and getattr(self.segmenter, "image_embeddings", False)
+        return self.clip.version if computes else None
 
     def score(self, images: list[Image.Image | Path | str]) -> list[ImageScore]:
         """Scores in input order. A path that cannot be read raises BadImage; callers that must not lose the rest of

@@ -56,25 +56,34 @@ def insert_rescored(session: Session, source_version: str, target_version: str, 
     class ratios under `weights`, and the decision under the given threshold and review band. One INSERT ... SELECT
     inside the database: no row travels to Python. Rows already present under the target version are kept."""
     dialect = session.get_bind().dialect.name
-    each = {"postgresql": "json_each_text", "sqlite": "json_each"}.get(dialect)
-    if each is None:
+    if dialect == "postgresql":  # an array lookup per class: no join, no row leaves the server
+        weight_sql = ("SUM((CAST(:weights AS DOUBLE PRECISION[]))[CAST(j.key AS INTEGER) + 1]"
+                      " * CAST(j.value AS DOUBLE PRECISION))")
+        source_sql, each = "", "json_each_text"
+    elif dialect == "sqlite":
+        weight_sql = "SUM(w.weight * CAST(j.value AS DOUBLE PRECISION))"
+        source_sql, each = f"WITH w(idx, weight) AS (VALUES {_weights_values(weights)})", "json_each"
+    else:
         raise NotImplementedError(f"set-based rescoring is not implemented for {dialect!r}")
+    join = "JOIN w ON w.idx = CAST(j.key AS INTEGER)" if dialect == "sqlite" else ""
     statement = text(f"""
         INSERT INTO scores (image_id, scorer_version, locatability, class_ratios, decision, computed_at)
-        WITH w(idx, weight) AS (VALUES {_weights_values(weights)})
+        {source_sql}
         SELECT r.image_id, :target, r.loc, r.class_ratios,
                CASE WHEN r.loc >= :low AND r.loc < :high THEN 'review'
                     WHEN r.loc >= :threshold THEN 'keep' ELSE 'drop' END,
                :now
         FROM (
             SELECT s.image_id, s.class_ratios,
-                   COALESCE((SELECT SUM(w.weight * CAST(j.value AS DOUBLE PRECISION))
-                             FROM {each}(s.class_ratios) AS j JOIN w ON w.idx = CAST(j.key AS INTEGER)), 0.0) AS loc
+                   COALESCE((SELECT {weight_sql} FROM {each}(s.class_ratios) AS j {join}), 0.0) AS loc
             FROM scores AS s WHERE s.scorer_version = :source
         ) AS r
         WHERE true
         ON CONFLICT (image_id, scorer_version) DO NOTHING
     """).bindparams(bindparam("now", type_=DateTime(timezone=True)))
-    result = session.execute(statement, dict(target=target_version, source=source_version, threshold=threshold,
-                                              low=review_low, high=review_high, now=utcnow()))
+    parameters = dict(target=target_version, source=source_version, threshold=threshold, low=review_low,
+                      high=review_high, now=utcnow())
+    if dialect == "postgresql":
+        parameters["weights"] = [float(w) for w in weights]
+    result = session.execute(statement, parameters)
     return result.rowcount

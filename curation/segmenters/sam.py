@@ -128,7 +128,8 @@ def fast_mask_generator_class():
                 masks = [rle_to_mask(rle) for rle in data["rles"]]
             else:
                 masks = list(data["masks"])
-            return [{"segmentation": mask, "predicted_iou": float(data["iou_preds"][i])} for i, mask in enumerate(masks)]
+            scores = data["iou_preds"]
+            return [{"segmentation": mask, "predicted_iou": float(scores[i])} for i, mask in enumerate(masks)]
 
         def _process_crop(self, image, crop_box, crop_layer_idx, orig_size) -> MaskData:
             x0, y0, x1, y1 = crop_box
@@ -338,7 +339,8 @@ class SamSegmenter:
         jobs: list[tuple[int, int]] = []  # (image, mask) or (image, -1) for the whole image
         classes = [np.full(len(p.masks), UNLABELED, dtype=np.int64) for p in proposals]
         for image_index, proposal in enumerate(proposals):
-            wanted = np.unique(proposal.owner[proposal.owner >= 0]) if self.skip_hidden_masks else range(len(proposal.masks))
+            owners = proposal.owner
+            wanted = np.unique(owners[owners >= 0]) if self.skip_hidden_masks else range(len(proposal.masks))
             jobs.extend((image_index, int(m)) for m in wanted if proposal.masks[m].any())
             if self.image_embeddings:
                 jobs.append((image_index, -1))
