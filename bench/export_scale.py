@@ -134,7 +134,8 @@ def main() -> None:
     for label, rows, r in (("baseline", args.baseline_rows, small), ("export", args.rows, big)):
         kept = sum(r["counts"]["location"].values())
         print(f"{label:8s}: {rows:>9,} scored rows -> {kept:,} exported, {r['removed']:,} near-duplicates removed; "
-              f"{r['seconds']:.1f} s wall ({r['build_seconds']:.1f} s in build_export), peak RSS {r['peak_mib']:.0f} MiB")
+              f"{r['seconds']:.1f} s wall ({r['build_seconds']:.1f} s in build_export), "
+              f"peak RSS {r['peak_mib']:.0f} MiB")
     big_planted = planted
     assert big["removed"] == big_planted, (big["removed"], big_planted)
     print(f"planted near-copies at {args.rows:,}: {big_planted:,}, removed: {big['removed']:,}")

@@ -18,7 +18,8 @@ KEEP_LABELS = frozenset({"locatable"})
 DROP_LABELS = frozenset({"not_locatable", "unusable"})
 
 
-def final_decision(locatability: float | None, human_label: str | None, threshold: float, quarantined: bool = False) -> bool:
+def final_decision(locatability: float | None, human_label: str | None, threshold: float,
+                   quarantined: bool = False) -> bool:
     """True when the image is kept."""
     if quarantined:
         return False

@@ -19,7 +19,7 @@ import os
 import shutil
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from itertools import groupby
@@ -244,8 +244,8 @@ def build_export(session_url: str | None, name: str, threshold: float | None = N
     if not name or not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
         raise UserError(f"export name {name!r} must be letters, digits, '.', '_' or '-'")
     threshold = settings.threshold if threshold is None else float(threshold)
-    if not 0.0 <= threshold <= 10.0:
-        raise UserError(f"threshold {threshold} must be a non-negative locatability")
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"threshold {threshold} must be a locatability between 0 and 1")
     fractions = parse_split(split)
     images = images or settings.export_images
     root = Path(out_dir or settings.export_dir)

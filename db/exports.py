@@ -105,7 +105,8 @@ def group_sizes(session: Session, table: Table) -> dict[str, int]:
 def accepted_clue_pairs() -> Select:
     """Accepted clues with their paired images, in a stable order: the reasoning stage's examples."""
     return (
-        select(Clue.id.label("clue_id"), Clue.sha256.label("clue_sha256"), Clue.text, Clue.country.label("clue_country"),
+        select(Clue.id.label("clue_id"), Clue.sha256.label("clue_sha256"), Clue.text,
+               Clue.country.label("clue_country"),
                Image.id, Image.sha256, Image.uri, Image.lat, Image.lon, Image.country_code, Image.city)
         .join(CluePair, CluePair.clue_id == Clue.id)
         .join(Image, and_(Image.id == CluePair.image_id))

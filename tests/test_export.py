@@ -129,7 +129,8 @@ def test_threshold_selects_and_no_place_is_in_two_splits(store_url):
             place = ex.meta["place"]
             assert place_split.setdefault(place, split_name) == split_name, place
             if ex.city:
-                assert place == f"city:{ex.country_code}:{ex.city.lower().replace('ó', 'o').replace('ń', 'n').replace('ü', 'u')}"
+                plain = ex.city.lower().replace("ó", "o").replace("ń", "n").replace("ü", "u")
+                assert place == f"city:{ex.country_code}:{plain}"
             else:
                 assert place.startswith("h3:")
     assert all(examples[s] for s in SPLITS), {s: len(v) for s, v in examples.items()}
@@ -273,5 +274,6 @@ def test_dedup_computes_missing_embeddings_and_reuses_stored_ones(sqlite_store, 
     exported = [ex.id for ex in read_examples(location_file(result.path, "train"))]
     assert exported == [sha(501)] and result.removed_duplicates == 2
     with session_scope() as s:
-        stored = s.scalars(select(m.ImageEmbedding.image_id).where(m.ImageEmbedding.model_version == clip.version)).all()
+        stored = s.scalars(
+            select(m.ImageEmbedding.image_id).where(m.ImageEmbedding.model_version == clip.version)).all()
     assert set(stored) == {a_id, b_id, c_id}

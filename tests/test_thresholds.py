@@ -131,7 +131,7 @@ def test_report_html_plots_load_in_headless_chromium(sqlite_store, tmp_path):
     seed_labelled_store()
     report = build_report(sqlite_store, tmp_path / "report")
     done = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--allow-file-access-from-files",
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000", "--dump-dom",
          report.html.as_uri()],
         capture_output=True, text=True, timeout=120,
@@ -152,7 +152,8 @@ def test_thresholds_and_export_cli(store_url, tmp_path):
     result = runner.invoke(app, ["thresholds", "report", "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert "0.40" in result.output and (tmp_path / "r" / "report.html").exists()
-    result = runner.invoke(app, ["export", "cli-export", "--threshold", "0.4", "--no-dedup", "--split", "0.5/0.25/0.25"])
+    result = runner.invoke(app, ["export", "cli-export", "--threshold", "0.4", "--no-dedup",
+                                 "--split", "0.5/0.25/0.25"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((Path("exports") / "cli-export" / "manifest.json").read_text())
     assert manifest["parameters"]["split"] == [0.5, 0.25, 0.25]

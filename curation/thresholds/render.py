@@ -150,7 +150,8 @@ def write_html(stats: ThresholdStats, plots: dict[str, Path], out_dir: Path, fit
 <title>Threshold report – scorer {html.escape(stats.scorer_version)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
 tr.mark {{ background: #fff3c4; }} figure {{ margin: 1.5em 0; }} img.plot {{ max-width: 100%; }}
 </style></head>
 <body>

@@ -36,7 +36,8 @@ def export(
     location = result.counts["location"]
     typer.echo(f"export {result.name}: {result.path}")
     typer.echo(f"  location train/val/test: {location['train']}/{location['val']}/{location['test']}; "
-               f"reasoning: {result.counts['reasoning']['train']}; near-duplicates removed: {result.removed_duplicates}")
+               f"reasoning: {result.counts['reasoning']['train']}; "
+               f"near-duplicates removed: {result.removed_duplicates}")
     typer.echo(f"  content hash {result.content_hash}")
     if train:
         from workers.pipeline import submit_training
