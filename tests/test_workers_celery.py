@@ -327,3 +327,48 @@ def test_a_worker_killed_mid_batch_then_reconcile_scores_every_image_once(worker
     assert len(per_image) == 60 and all(n == 1 for _, n in per_image), "none lost, none duplicated"
     assert score_step_total(state, "scored") == 60, "the killed batch's half-done work was never committed"
     assert redone.status == "done" and redone.attempts == 2 and redone.claimed_by != victim_holder
+
+
+def test_sigterm_gives_the_running_batch_back_and_the_next_worker_does_it(worker_env: dict[str, str],
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    """SIGTERM to the whole worker (main process and pool child, as `docker stop` or systemd do): the batch in
+    progress is released in the store and its message goes back to the broker, so the next worker does it without
+    waiting for a lease or for reconcile."""
+    prefix = f"gc-term-{uuid.uuid4().hex[:8]}-"
+    env = {**worker_env, "GEOCURATE_QUEUE_PREFIX": prefix, "GEOCURATE_BATCH_SIZE": "5"}
+    for key, value in env.items():
+        if key.startswith("GEOCURATE_"):
+            monkeypatch.setenv(key, value)
+    settings = reload_settings()
+    from workers.pipeline import run_pipeline, wait_for_run
+
+    (tmp_path / "logs").mkdir()
+    workers = Workers(env, tmp_path / "logs")
+    url = settings.database_url
+    try:
+        workers.start("first")
+        workers.wait_ready("first")
+        write_images(tmp_path / "images", 30, seed=5)
+        run_id = run_pipeline(tmp_path / "images", settings=settings)
+        deadline = time.monotonic() + RUN_TIMEOUT
+        in_progress = None
+        while in_progress is None:
+            with session_scope(url) as session:
+                in_progress = session.scalar(select(Batch.id).where(
+                    Batch.run_id == run_id, Batch.step == "score", Batch.status == "claimed"))
+            assert time.monotonic() < deadline, "the score step never started"
+            if in_progress is None:
+                time.sleep(0.02)
+        os.killpg(workers.procs["first"].pid, signal.SIGTERM)
+        workers.procs["first"].wait(timeout=60)
+        with session_scope(url) as session:
+            status = session.scalar(select(Batch.status).where(Batch.id == in_progress))
+        assert status in ("queued", "done"), f"the batch was left {status}: released or finished, never held"
+        workers.start("second")
+        workers.wait_ready("second")
+        state = wait_for_run(run_id, RUN_TIMEOUT, settings)  # no reconcile, no lease expiry needed
+    finally:
+        workers.stop_all()
+        drop_keys(prefix)
+    assert state["status"] == "done" and score_step_total(state, "scored") == 30, state

@@ -101,8 +101,9 @@ def work_score(session: Session, claim: Claim, params: dict[str, Any], settings:
         from curation.clip import load_clip
         from curation.pairing import pair_clues
 
-        pairs = pair_clues(session, load_clip(settings), settings.pairing_top_k, settings.pairing_min_similarity)
-        return {"pairs": as_counts(pairs)}
+        pairs = pair_clues(session, load_clip(settings), settings.pairing_top_k, settings.pairing_min_similarity,
+                           image_base=Path(params["clues"]).parent)
+        return {"pairs": pairs} if isinstance(pairs, int) else {"pairs": as_counts(pairs)}
     from curation.score_store import score_images
 
     scorer = process.get_scorer(settings)

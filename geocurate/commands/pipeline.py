@@ -104,7 +104,7 @@ def follow(run_id: int, settings, sender: threading.Thread | None) -> dict[str, 
 
 
 def _counts_line(totals: dict[str, Any]) -> str:
-    keys = ("added", "duplicates", "scored", "skipped", "quarantined")
+    keys = ("added", "duplicates", "scored", "skipped", "quarantined", "images_queued", "clues_queued")
     return " ".join(f"{key}={int(totals[key])}" for key in keys if key in totals)
 
 
