@@ -46,20 +46,23 @@ class GeoModel:
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
 
     def predict(self, images: Sequence[Image.Image | str | Path], prompt: str = PROMPT) -> list[Prediction]:
-        """One Prediction per input, in order."""
-        predictions: list[Prediction | None] = [None] * len(images)
-        opened: list[tuple[int, Image.Image]] = []
-        for index, item in enumerate(images):
-            try:
-                opened.append((index, to_rgb(item)))
-            except (OSError, ValueError) as exc:
-                predictions[index] = Prediction(raw="", parsed=False, error=f"unreadable image: {exc}")
+        """One Prediction per input, in order. Images are opened one batch at a time (a test split may be large)."""
+        predictions: list[Prediction] = []
         size = max(self.config.eval_batch_size, 1)
-        for start in range(0, len(opened), size):
-            chunk = opened[start : start + size]
-            for (index, _), text in zip(chunk, self.generate([image for _, image in chunk], prompt)):
-                predictions[index] = parse_answer(text.strip())
-        return predictions  # type: ignore[return-value]
+        for start in range(0, len(images), size):
+            chunk: list[Prediction | None] = []
+            opened: list[tuple[int, Image.Image]] = []
+            for index, item in enumerate(images[start : start + size]):
+                try:
+                    opened.append((index, to_rgb(item)))
+                    chunk.append(None)
+                except (OSError, ValueError) as exc:
+                    chunk.append(Prediction(raw="", parsed=False, error=f"unreadable image: {exc}"))
+            if opened:
+                for (index, _), text in zip(opened, self.generate([image for _, image in opened], prompt)):
+                    chunk[index] = parse_answer(text.strip())
+            predictions.extend(chunk)  # type: ignore[arg-type]
+        return predictions
 
 
 def to_rgb(item: Image.Image | str | Path) -> Image.Image:

@@ -230,6 +230,10 @@ def train_stage(export_dir, stage: str, settings=None, config: TrainingConfig | 
 
     examples, rejected = load_examples(export_dir, stage, "train")
     quarantine_rejects(rejected)
+    if not examples and stage == "reasoning":
+        # An export without clue pairs is still trainable: stage 2 then starts from the plain base model.
+        log.warning("export %s has no usable reasoning examples: stage 1 skipped", export_dir)
+        return StageResult(stage=stage, status="skipped", metrics={"examples": 0, "rejected": len(rejected)})
     if not examples:
         raise UserError(f"no usable {stage} training examples in {export_dir} ({len(rejected)} rejected)")
     val_examples: list = []
@@ -334,15 +338,5 @@ def _run_trainer(*, stage, settings, config, export_dir, examples, val_examples,
 
 def train_both(export_dir, settings=None, config: TrainingConfig | None = None, export_id: int | None = None,
                adapters_dir: Path | None = None, callbacks: list | None = None) -> list[StageResult]:
-    """Stage 1 then stage 2. An export without reasoning examples (no clues) skips stage 1 with a warning."""
-    from training.data import load_examples
-
-    results = []
-    reasoning_examples, _ = load_examples(Path(export_dir), "reasoning", "train")
-    if reasoning_examples:
-        results.append(train_stage(export_dir, "reasoning", settings, config, export_id, adapters_dir, callbacks))
-    else:
-        log.warning("export %s has no reasoning examples: stage 1 skipped", export_dir)
-        results.append(StageResult(stage="reasoning", status="skipped"))
-    results.append(train_stage(export_dir, "location", settings, config, export_id, adapters_dir, callbacks))
-    return results
+    """Stage 1 then stage 2 (stage 1 is skipped, with a warning, when the export has no clue pairs)."""
+    return [train_stage(export_dir, stage, settings, config, export_id, adapters_dir, callbacks) for stage in STAGES]
