@@ -82,7 +82,9 @@ def main() -> None:
     stage = result.metrics["seconds_per_step"]
 
     tokens = batch["input_ids"].shape[1]
-    print(f"tiny Qwen2-VL, batch {args.batch} x {tokens} tokens, {args.threads} threads, {args.steps} steps")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"tiny Qwen2-VL, batch {args.batch} x {tokens} tokens, {args.threads} threads, {args.steps} steps "
+          f"(load average {load} on {os.cpu_count()} cores)")
     print(f"bare optimiser step (baseline): {bare:.4f} s/step")
     print(f"collator (batch building):      {collate:.4f} s/batch")
     print(f"train_stage (Trainer, whole):   {stage:.4f} s/step  = {stage / bare:.1f}x the bare step")

@@ -1,0 +1,1 @@
+"""Two-stage LoRA fine-tuning of a vision-language model on curated exports, inference and geo evaluation."""
