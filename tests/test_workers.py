@@ -286,3 +286,35 @@ def test_worker_command_needs_a_broker_and_known_queues(monkeypatch) -> None:
     reload_settings()
     result = CliRunner().invoke(app, ["worker", "--queues", "score,gpu"])
     assert result.exit_code != 0 and "unknown queue(s) gpu" in str(result.exception)
+
+
+def test_geocurate_run_embedded_on_sqlite_goes_from_folder_to_export(tmp_path, monkeypatch) -> None:
+    """The whole command with the real parts, in-process: sample images with metadata and clues, tiny models."""
+    from typer.testing import CliRunner
+
+    from geocurate.cli import app
+    from geocurate.sample_data import generate_sample
+
+    for key, value in {"GEOCURATE_DEMO_MODELS": "1", "GEOCURATE_SEGMENTER": "maskformer",
+                       "GEOCURATE_SCORE_DTYPE": "float32", "GEOCURATE_DEVICE": "cpu",
+                       "GEOCURATE_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"}.items():
+        monkeypatch.setenv(key, value)
+    reload_settings()
+    sample = generate_sample(tmp_path / "sample", n_images=6, n_clues=5, seed=3)
+    args = ["run", str(sample.images_dir), "--metadata", str(sample.metadata_csv), "--clues", str(sample.clues_jsonl),
+            "--export", "first"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "run 1: done" in result.output
+    state = pipeline.run_progress(1)
+    readable = len(sample.readable_images) - len(sample.invalid_coordinate_rows)
+    assert state["summary"]["ingest"]["totals"]["added"] == readable
+    assert state["summary"]["score"]["totals"]["scored"] == readable
+    assert state["summary"]["export"]["batches"] == {"done": 1}
+    assert (tmp_path / "exports" / "first" / "manifest.json").is_file()
+
+    again = CliRunner().invoke(app, args[:-2] + ["--export", "second"])  # the same folder again: nothing new
+    assert again.exit_code == 0, again.output
+    second = pipeline.run_progress(2)["summary"]
+    assert second["ingest"]["totals"]["added"] == 0 and second["ingest"]["totals"]["duplicates"] == readable
+    assert "score" not in second or second["score"]["totals"].get("scored", 0) == 0
