@@ -8,9 +8,6 @@ touched. Under CI an unreachable Redis or PostgreSQL fails these tests; locally 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,11 +22,11 @@ from db.engine import session_scope
 from db.models import Batch, Image, Quarantine, Score, TaskFailure
 from geocurate.settings import reload_settings
 from tests.conftest import create_pg_database, drop_pg_database, unavailable
+from workers.local import READY_MARK, ROOT, LocalWorkers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 REDIS_SERVER = os.environ.get("GEOCURATE_TEST_REDIS", "redis://127.0.0.1:6379/11")
-ROOT = Path(__file__).resolve().parents[1]
 WORKER_START_TIMEOUT = 120
 RUN_TIMEOUT = 300
 # Fast scoring: the tiny ADE20K segmentation model, fp32, one torch thread per worker process (2 cores here).
@@ -60,53 +57,12 @@ def corrupt(path: Path) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8)
 
 
-class Workers:
-    """`geocurate worker` subprocesses sharing one environment (store, broker, prefix)."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str, queues: str = "ingest,score,review,export", **extra_env: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "geocurate.cli", "worker", "--queues", queues, "--concurrency", "1",
-             "--hostname", f"{name}@%h", "--loglevel", "INFO"],
-            env={**self.env, **extra_env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self.procs[name] = proc
-        return proc
-
+class Workers(LocalWorkers):
     def wait_ready(self, *names: str) -> None:
-        deadline = time.monotonic() + WORKER_START_TIMEOUT
-        for name in names:
-            while b" ready." not in self.log(name).encode():
-                if self.procs[name].poll() is not None:
-                    pytest.fail(f"worker {name} exited with {self.procs[name].returncode}:\n{self.log(name)[-3000:]}")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"worker {name} not ready after {WORKER_START_TIMEOUT}s:\n{self.log(name)[-3000:]}")
-                time.sleep(0.2)
-
-    def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace")
-
-    def kill(self, name: str) -> None:
-        """SIGKILL the worker and its pool children at once, as the OOM killer or a lost machine would."""
-        proc = self.procs[name]
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        try:
+            self.wait_for(names, READY_MARK, WORKER_START_TIMEOUT)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
 
 
 def require_redis() -> None:
@@ -360,8 +316,7 @@ def test_sigterm_gives_the_running_batch_back_and_the_next_worker_does_it(worker
             assert time.monotonic() < deadline, "the score step never started"
             if in_progress is None:
                 time.sleep(0.02)
-        os.killpg(workers.procs["first"].pid, signal.SIGTERM)
-        workers.procs["first"].wait(timeout=60)
+        workers.terminate("first")
         with session_scope(url) as session:
             status = session.scalar(select(Batch.status).where(Batch.id == in_progress))
         assert status in ("queued", "done"), f"the batch was left {status}: released or finished, never held"

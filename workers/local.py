@@ -1,0 +1,74 @@
+"""`geocurate worker` subprocesses on this machine, for the worker tests and bench/worker_scaling.py: started with
+their own environment (store, broker, queue prefix), waited for until ready, stopped gently or killed outright."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_MARK = " ready."
+MODELS_MARK = "scoring models loaded"
+
+
+class LocalWorkers:
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, queues: str = "ingest,score,review,export", concurrency: int = 1,
+              **extra_env: str) -> subprocess.Popen:
+        """Each worker leads its own process group, so it can be killed together with its pool children."""
+        log = open(self.log_dir / f"{name}.log", "wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "geocurate.cli", "worker", "--queues", queues, "--concurrency", str(concurrency),
+             "--hostname", f"{name}@%h", "--loglevel", "INFO"],
+            env={**self.env, **extra_env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def wait_for(self, names: list[str] | tuple[str, ...], mark: str, timeout: float, count: int = 1) -> None:
+        """Until every named worker's log shows `mark` (`count` times); RuntimeError if one exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        for name in names:
+            while self.log(name).count(mark) < count:
+                if self.procs[name].poll() is not None:
+                    raise RuntimeError(f"worker {name} exited with {self.procs[name].returncode}:\n"
+                                       f"{self.log(name)[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"worker {name}: no {mark!r} after {timeout:.0f}s:\n{self.log(name)[-3000:]}")
+                time.sleep(0.2)
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the worker and its pool children at once, as the OOM killer or a lost machine would."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def terminate(self, name: str, timeout: float = 60) -> int:
+        """SIGTERM to the worker's whole process group (what `docker stop` or systemd send)."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGTERM)
+        return proc.wait(timeout=timeout)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
