@@ -41,6 +41,12 @@ def store_status(session: Session, failures: int = 5) -> StoreStatus:
         else:
             rows = session.execute(select(column, func.count()).group_by(column)).all()
             status.counts[table] = {str(state): n for state, n in rows}
+    expired = session.scalar(
+        select(func.count()).select_from(m.Batch).where(m.Batch.status == "claimed", m.Batch.lease_until < m.utcnow())
+    )
+    if expired:  # their worker died: the next reconcile re-queues them
+        status.counts["batches"]["claimed"] -= expired
+        status.counts["batches"]["claimed, lease expired"] = expired
     for f in session.scalars(select(m.TaskFailure).order_by(m.TaskFailure.id.desc()).limit(failures)):
         status.recent_failures.append((f.created_at.isoformat(timespec="seconds"), f.task_name, f.error[:200]))
     for b in session.scalars(

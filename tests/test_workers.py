@@ -318,3 +318,14 @@ def test_geocurate_run_embedded_on_sqlite_goes_from_folder_to_export(tmp_path, m
     second = pipeline.run_progress(2)["summary"]
     assert second["ingest"]["totals"]["added"] == 0 and second["ingest"]["totals"]["duplicates"] == readable
     assert "score" not in second or second["score"]["totals"].get("scored", 0) == 0
+
+
+def test_status_tells_claims_whose_worker_died_from_live_ones(store_url: str) -> None:
+    from db.status import store_status
+
+    _, batch_ids = new_run(store_url, payloads=[{"items": [1]}, {"items": [2]}, {"items": [3]}])
+    with session_scope(store_url) as session:
+        batches.claim(session, batch_ids[0], "alive:1", lease_seconds=600)
+        batches.claim(session, batch_ids[1], "dead:2", lease_seconds=60, now=utcnow() - timedelta(hours=1))
+    with session_scope(store_url) as session:
+        assert store_status(session).counts["batches"] == {"queued": 1, "claimed": 1, "claimed, lease expired": 1}
