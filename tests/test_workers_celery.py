@@ -327,3 +327,43 @@ def test_sigterm_gives_the_running_batch_back_and_the_next_worker_does_it(worker
         workers.stop_all()
         drop_keys(prefix)
     assert state["status"] == "done" and score_step_total(state, "scored") == 30, state
+
+
+RABBITMQ_SERVER = os.environ.get("GEOCURATE_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_reconcile_resends_only_when_the_queue_is_empty(broker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queued batch behind a backlog is not lost; one whose queue is empty is. Checked on both brokers, with the
+    queue prefix (on Redis it prefixes every key, which kombu's passive declare does not see)."""
+    from workers.app import sender_for
+    from workers.pipeline import _queue_is_empty
+
+    url = REDIS_SERVER if broker == "redis" else RABBITMQ_SERVER
+    if broker == "redis":
+        require_redis()
+    prefix = f"gc-depth-{uuid.uuid4().hex[:8]}-"
+    monkeypatch.setenv("GEOCURATE_BROKER_URL", url)
+    monkeypatch.setenv("GEOCURATE_QUEUE_PREFIX", prefix)
+    settings = reload_settings()
+    sender = sender_for(settings)
+    try:
+        with sender.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1)
+    except Exception as exc:  # noqa: BLE001 - any failure means "no broker here"
+        unavailable(f"{broker} at {url}", str(exc).splitlines()[0])
+    try:
+        assert _queue_is_empty("score", settings)
+        sender.send_task("workers.tasks.score_batch", args=(-1,))
+        assert not _queue_is_empty("score", settings)
+        assert _queue_is_empty("ingest", settings)
+    finally:
+        if broker == "redis":
+            drop_keys(prefix)
+        else:
+            with sender.connection_for_write() as connection:
+                for queue in ("score", "train", "ingest", "review", "export"):
+                    try:
+                        connection.default_channel.queue_delete(f"{prefix}{queue}")
+                    except Exception:  # noqa: BLE001 - never declared
+                        pass
