@@ -22,7 +22,7 @@ from db.engine import session_scope
 from db.models import Batch, Image, Quarantine, Score, TaskFailure
 from geocurate.settings import reload_settings
 from tests.conftest import create_pg_database, drop_pg_database, unavailable
-from workers.local import READY_MARK, ROOT, LocalWorkers
+from workers.local import MODELS_MARK, READY_MARK, ROOT, LocalWorkers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -163,6 +163,20 @@ def test_two_workers_score_every_image_exactly_once(two_workers: Workers, use_en
     )
     assert bad == [str(paths[17].resolve())] or bad == [str(paths[17])]
     assert len({holder.rsplit(":", 1)[1] for holder in holders}) == 2, f"both workers took batches: {holders}"
+    for name in two_workers.procs:
+        assert two_workers.log(name).count(MODELS_MARK) == 1, "models load once per worker process, not per task"
+
+
+def test_geocurate_run_follows_a_run_done_by_workers(two_workers: Workers, use_env, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from geocurate.cli import app
+
+    write_images(tmp_path / "images", 12, seed=6)
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "images")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "queued on redis://" in result.output and ": done" in result.output
+    assert "scored=12" in result.output.replace(" ", "").replace("\n", "") or "scored=12" in result.output
 
 
 def test_a_corrupt_image_inside_a_batch_is_quarantined_and_the_rest_scored(two_workers: Workers, use_env,
