@@ -211,19 +211,6 @@ def sync_annotations(task_ids: Sequence[int] | None, settings: Settings) -> dict
     return as_counts(pull_annotations(settings.database_url, task_ids=list(task_ids) if task_ids else None))
 
 
-def on_task_changed(ls_task_id: int) -> None:
-    """Webhook callback (labeling.webhook.create_app(on_task_changed=...)): pull that task's annotations soon."""
-    settings = get_settings()
-    if settings.embedded:
-        from workers import tasks
-
-        tasks.sync_annotations.apply(args=([ls_task_id],))
-        return
-    from workers.app import sender_for
-
-    sender_for(settings).send_task("workers.tasks.sync_annotations", args=([ls_task_id],))
-
-
 def run_progress(run_id: int, settings: Settings | None = None) -> dict[str, Any]:
     """The run's state and, per step, batches by status and summed counts (what progress bars and tests read)."""
     settings = settings or get_settings()
