@@ -65,6 +65,18 @@ def get_review_task(session: Session, item_kind: str, item_id: int) -> ReviewTas
     return session.scalar(select(ReviewTask).where(ReviewTask.item_kind == item_kind, ReviewTask.item_id == item_id))
 
 
+def review_snapshot(session: Session, item_kind: str, item_ids: Sequence[int]) -> dict[int, tuple[ReviewTask, list[Annotation]]]:
+    """item id → (review task, its annotations), read in two queries for a whole page of Label Studio tasks."""
+    tasks = {t.id: t for t in session.scalars(
+        select(ReviewTask).where(ReviewTask.item_kind == item_kind, ReviewTask.item_id.in_(list(item_ids)))
+    )}
+    grouped: dict[int, list[Annotation]] = {task_id: [] for task_id in tasks}
+    if tasks:
+        for annotation in session.scalars(select(Annotation).where(Annotation.review_task_id.in_(list(tasks)))):
+            grouped[annotation.review_task_id].append(annotation)
+    return {t.item_id: (t, grouped[t.id]) for t in tasks.values()}
+
+
 def annotations_of(session: Session, review_task_id: int) -> list[Annotation]:
     return list(session.scalars(
         select(Annotation).where(Annotation.review_task_id == review_task_id).order_by(Annotation.ls_annotation_id)

@@ -78,8 +78,8 @@ def ensure_webhook(client: "LabelStudio", project_id: int, settings: Settings) -
     ), settings)
 
 
-def iter_tasks(client: "LabelStudio", project_id: int, settings: Settings, fields: str = "all",
-               page_size: int | None = None) -> Iterator[Any]:
+def iter_task_pages(client: "LabelStudio", project_id: int, settings: Settings, fields: str = "all",
+                    page_size: int | None = None) -> Iterator[list[Any]]:
     """Every task of the project, page by page; each page is one retried request, and the end is found from the
     reported total (Label Studio answers 404 past the last page)."""
     page, seen = 1, 0
@@ -89,13 +89,20 @@ def iter_tasks(client: "LabelStudio", project_id: int, settings: Settings, field
         response = call(f"list tasks page {current}", lambda: client.tasks.list(
             project=project_id, page=current, page_size=page_size, fields=fields
         ), settings)
-        items = response.items or []
-        yield from items
+        items = list(response.items or [])
+        if items:
+            yield items
         seen += len(items)
         total = getattr(response.response, "total", None)
         if not items or len(items) < page_size or (total is not None and seen >= total):
             return
         page += 1
+
+
+def iter_tasks(client: "LabelStudio", project_id: int, settings: Settings, fields: str = "all",
+               page_size: int | None = None) -> Iterator[Any]:
+    for items in iter_task_pages(client, project_id, settings, fields, page_size):
+        yield from items
 
 
 def task_index(client: "LabelStudio", project_id: int, settings: Settings) -> dict[str, int]:

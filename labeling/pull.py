@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from db.engine import session_scope
 from db.quarantine import quarantine
-from db.review import AnnotationRecord, by_ls_task, get_review_task, replace_annotations, set_decision
+from db.review import AnnotationRecord, get_review_task, replace_annotations, review_snapshot, set_decision
 from geocurate.settings import Settings, get_settings
 from labeling.client import call, make_client
 from labeling.configs import INTERFACES, interface_for
-from labeling.projects import find_project, iter_tasks
+from labeling.projects import find_project, iter_task_pages
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
@@ -40,6 +40,7 @@ class PullSummary:
     done: int = 0
     conflicted: int = 0
     pending: int = 0
+    unchanged: int = 0  # tasks whose annotations and decision were already in the store (no write)
     unknown: int = 0  # tasks without a geocurate id or whose item is not in this store
     quarantined: int = 0  # annotations with a country nobody knows (kept, country left empty)
 
@@ -88,24 +89,25 @@ def resolve(labels: Sequence[tuple[str | None, str | None]], overlap: int) -> tu
 
 def sync_task(session_url: str, task: Any, settings: Settings, summary: PullSummary) -> None:
     """Make the store match one Label Studio task (one transaction)."""
-    data = task.data or {}
-    geocurate_id = str(data.get("geocurate_id") or "")
-    kind, _, item = geocurate_id.partition(":")
-    if kind not in INTERFACES or not item.isdigit():
+    parsed = _parse_id(task)
+    if parsed is None:
         summary.unknown += 1
         return
+    kind, item = parsed
+    geocurate_id = f"{kind}:{item}"
     interface = interface_for(kind)
     with session_scope(session_url) as session:
-        review_task = by_ls_task(session, task.id) or get_review_task(session, kind, int(item))
-        if review_task is None:
+        # the geocurate id is the key: Label Studio on SQLite reuses the ids of deleted tasks
+        review_task = get_review_task(session, kind, item)
+        if review_task is None or review_task.ls_task_id not in (None, task.id):
+            log.warning("Label Studio task %s (%s) is not the store's task for that item; left alone", task.id,
+                        geocurate_id)
             summary.unknown += 1
             return
         if review_task.ls_task_id is None:
             review_task.ls_task_id = task.id  # pushed by a run that died before it could record the id
         records: list[AnnotationRecord] = []
-        for annotation in map(_plain, task.annotations or []):
-            if annotation.get("was_cancelled"):
-                continue  # skipped by the annotator: not an answer
+        for annotation in _answers(task):  # a skipped task (was_cancelled) is not an answer
             label, country_text = interface.read_result(annotation.get("result") or [])
             country = country_code(country_text) if country_text else None
             if country_text and country is None:
@@ -123,6 +125,39 @@ def sync_task(session_url: str, task: Any, settings: Settings, summary: PullSumm
     summary.tasks += 1
     summary.annotations += len(records)
     summary.add(state)
+
+
+def _parse_id(task: Any) -> tuple[str, int] | None:
+    kind, _, item = str((task.data or {}).get("geocurate_id") or "").partition(":")
+    return (kind, int(item)) if kind in INTERFACES and item.isdigit() else None
+
+
+def _answers(task: Any) -> list[dict[str, Any]]:
+    return [a for a in map(_plain, task.annotations or []) if not a.get("was_cancelled")]
+
+
+def unchanged_tasks(session_url: str, page: list[Any], settings: Settings) -> dict[int, str]:
+    """Label Studio task id → stored state, for the tasks of a page whose annotations (ids and last edits) the store
+    already holds and whose decision is already resolved: the periodic sync then writes nothing for them."""
+    by_kind: dict[str, dict[int, Any]] = {}
+    for task in page:
+        parsed = _parse_id(task)
+        if parsed:
+            by_kind.setdefault(parsed[0], {})[parsed[1]] = task
+    unchanged: dict[int, str] = {}
+    with session_scope(session_url) as session:
+        for kind, tasks in by_kind.items():
+            for item_id, (review_task, stored) in review_snapshot(session, kind, list(tasks)).items():
+                task = tasks[item_id]
+                if review_task.ls_task_id != task.id:
+                    continue
+                remote = sorted((int(a["id"]), a.get("updated_at")) for a in _answers(task))
+                local = sorted((a.ls_annotation_id, (a.payload or {}).get("updated_at")) for a in stored)
+                decision = resolve([(a.label, a.country) for a in stored], settings.review_overlap)
+                if remote == local and decision == (review_task.state, review_task.final_label,
+                                                    review_task.final_country):
+                    unchanged[task.id] = review_task.state
+    return unchanged
 
 
 def _get_task(client: "LabelStudio", task_id: int, settings: Settings) -> Any | None:
@@ -156,6 +191,14 @@ def pull_annotations(session_url: str | None = None, task_ids: Iterable[int] | N
         project_id = find_project(client, interface, settings)
         if project_id is None:
             continue
-        for task in iter_tasks(client, project_id, settings):
-            sync_task(session_url, task, settings, summary)
+        for page in iter_task_pages(client, project_id, settings):
+            unchanged = unchanged_tasks(session_url, page, settings)
+            for task in page:
+                if task.id in unchanged:
+                    summary.tasks += 1
+                    summary.unchanged += 1
+                    summary.add(unchanged[task.id])
+                    summary.annotations += len(_answers(task))
+                else:
+                    sync_task(session_url, task, settings, summary)
     return summary

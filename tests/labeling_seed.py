@@ -21,7 +21,9 @@ def write_image(root: Path, name: str, seed: int) -> Path:
     """A small deterministic picture (distinct bytes per seed)."""
     root.mkdir(parents=True, exist_ok=True)
     path = root / name
-    PILImage.new("RGB", (48, 40), color=(seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)).save(path)
+    picture = PILImage.new("RGB", (48, 40), color=(seed * 37 % 256, seed * 91 % 256, seed * 53 % 256))
+    picture.putpixel((0, 0), (seed % 256, seed // 256 % 256, seed // 65536 % 256))  # unique bytes per seed
+    picture.save(path)
     return path
 
 

@@ -138,6 +138,18 @@ def stop_server(server: LabelStudioServer) -> None:
         process.wait(timeout=10)
 
 
+def reset(server: LabelStudioServer) -> None:
+    """Delete every project and webhook: geocurate finds its projects by title, so a leftover project of another
+    store would be taken for its own."""
+    from label_studio_sdk import LabelStudio
+
+    client = LabelStudio(base_url=server.url, api_key=server.token, max_retries=0)
+    for project in client.projects.list(page_size=100).items or []:
+        client.projects.delete(id=project.id)
+    for hook in client.webhooks.list():
+        client.webhooks.delete(id=hook.id)
+
+
 @pytest.fixture(scope="session")
 def label_studio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
     from tests.conftest import unavailable
@@ -157,15 +169,9 @@ def label_studio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[La
 def label_studio(label_studio_server: LabelStudioServer, monkeypatch: pytest.MonkeyPatch) -> LabelStudioServer:
     """The session's server, emptied of projects (each test starts from no review project) and configured in the
     settings: URL, token, local-files image root, fast retries."""
-    from label_studio_sdk import LabelStudio
-
     from geocurate.settings import reload_settings
 
-    client = LabelStudio(base_url=label_studio_server.url, api_key=label_studio_server.token, max_retries=0)
-    for project in client.projects.list(page_size=100).items or []:
-        client.projects.delete(id=project.id)
-    for hook in client.webhooks.list():
-        client.webhooks.delete(id=hook.id)
+    reset(label_studio_server)
     monkeypatch.setenv("GEOCURATE_LABEL_STUDIO_URL", label_studio_server.url)
     monkeypatch.setenv("GEOCURATE_LABEL_STUDIO_API_KEY", label_studio_server.token)
     monkeypatch.setenv("GEOCURATE_LABEL_STUDIO_IMAGE_ROOT", str(label_studio_server.image_root))

@@ -225,7 +225,9 @@ def test_pull_stores_new_updated_and_deleted_annotations(store_url, label_studio
         assert (stored.ls_annotation_id, stored.label, stored.country, stored.lead_time) == (
             created.id, "not_locatable", "CZ", 14)
         assert human_labels(session, "image") == {image_id: ("not_locatable", "CZ")}
-    assert (first.tasks, first.annotations, first.done) == (1, 1, 1)
+    assert (first.tasks, first.annotations, first.done, first.unchanged) == (1, 1, 1, 0)
+    steady = pull_annotations(store_url)  # the periodic sync with nothing new writes nothing
+    assert (steady.tasks, steady.unchanged, steady.changed, steady.done) == (1, 1, 0, 1)
 
     client.annotations.update(id=created.id, result=[IMAGE_REVIEW.choice_result("locatable")])
     pull_annotations(store_url)
