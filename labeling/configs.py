@@ -51,10 +51,10 @@ CLUE_CONFIG = """<View>
   <TextArea name="country" toName="clue" maxSubmissions="1" editable="true" placeholder="e.g. PL or Poland"/>
 </View>"""
 
-# The clues part's entity kinds (spaCy labels or gazetteer kinds) → the span labels shown to the annotator.
+# The clues part's entity kinds (curation.clues Place.kind, or spaCy labels) → the span labels shown to the annotator.
 ENTITY_SPAN_LABELS = {
     "country": "country", "gpe": "country", "city": "city", "loc": "region", "region": "region",
-    "norp": "demonym", "demonym": "demonym",
+    "continent": "region", "norp": "demonym", "demonym": "demonym",
 }
 
 
