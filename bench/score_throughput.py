@@ -11,7 +11,7 @@ weights, measured in this run.
 Random-weight SAM proposes only a mask or two per image once NMS has run (a real SAM: tens to a hundred), so the
 CLIP-naming stage is also measured on --synthetic-masks masks per image, a grid partition of each image.
 
-    .venv/bin/python bench/score_throughput.py [--n 2] [--size 512x384] [--maskformer-n 1] [--skip-maskformer]
+    .venv/bin/python bench/score_throughput.py [--n 2] [--size 512x384] [--maskformer-n 2] [--skip-maskformer] [--skip-sam]
 """
 
 from __future__ import annotations
@@ -214,8 +214,9 @@ def main() -> None:
     parser.add_argument("--size", default="512x384")
     parser.add_argument("--points-per-side", type=int, default=Settings().sam_points_per_side)
     parser.add_argument("--synthetic-masks", type=int, default=48)
-    parser.add_argument("--maskformer-n", type=int, default=1)
+    parser.add_argument("--maskformer-n", type=int, default=2)
     parser.add_argument("--skip-maskformer", action="store_true")
+    parser.add_argument("--skip-sam", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -224,7 +225,8 @@ def main() -> None:
     print(f"device {device}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}, "
           f"auto dtype {resolve_dtype('auto', device)}")
     images = bench_images(max(args.n, args.maskformer_n), (width, height))
-    bench_sam(args, images[: args.n])
+    if not args.skip_sam:
+        bench_sam(args, images[: args.n])
     if not args.skip_maskformer:
         bench_maskformer(args, images[: args.maskformer_n])
 

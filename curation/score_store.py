@@ -21,6 +21,7 @@ from db.models import Image
 from db.quarantine import quarantine
 from db.scores import (
     add_scores,
+    image_id_ranges,
     insert_rescored,
     register_scorer_version,
     scored_image_ids,
@@ -91,12 +92,16 @@ def score_images(session: Session, scorer: Scorer, image_ids: Sequence[int]) -> 
 
 
 def rescore_from_ratios(session: Session, weights: Sequence[float], scorer_version_from: str,
-                        threshold: float | None = None,
-                        review_band: tuple[float, float] | None = None) -> RescoreSummary:
+                        threshold: float | None = None, review_band: tuple[float, float] | None = None,
+                        parallel: int = 1) -> RescoreSummary:
     """New score rows for every image scored under `scorer_version_from`, computed from its stored class ratios with
     new weights (and optionally a new threshold / review band) inside the database. No model is loaded. The new
     version is the old one's parameters with the weights and decision rule replaced: the same version a model run
-    with those weights would get, since its rows would be the same."""
+    with those weights would get, since its rows would be the same.
+
+    `parallel` > 1 (PostgreSQL) splits the image ids into that many ranges, each inserted on its own connection and
+    committed on its own: the server then uses as many cores. A failure leaves whole ranges done; re-running
+    completes the rest (inserts ignore rows already there)."""
     params: dict[str, Any] | None = scorer_params(session, scorer_version_from)
     if params is None:
         raise ValueError(f"unknown scorer version {scorer_version_from!r}: nothing was scored under it")
@@ -106,5 +111,20 @@ def rescore_from_ratios(session: Session, weights: Sequence[float], scorer_versi
     new_params = {**params, "weights": weights_digest(checked), "threshold": threshold, "review_band": [low, high]}
     new_version = version_of(new_params)
     register_scorer_version(session, new_version, new_params)
-    rows = insert_rescored(session, scorer_version_from, new_version, checked, threshold, low, high)
-    return RescoreSummary(new_version, rows)
+    arguments = (scorer_version_from, new_version, checked, threshold, low, high)
+    if parallel <= 1 or session.get_bind().dialect.name != "postgresql":
+        return RescoreSummary(new_version, insert_rescored(session, *arguments))
+    session.commit()  # the version row first, visible to every range's connection
+    return RescoreSummary(new_version, _parallel_rescore(session.get_bind(), arguments,
+                                                         image_id_ranges(session, scorer_version_from, parallel)))
+
+
+def _parallel_rescore(bind, arguments: tuple, ranges: list[tuple[int, int]]) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(id_range: tuple[int, int]) -> int:
+        with Session(bind) as part, part.begin():
+            return insert_rescored(part, *arguments, image_ids=id_range)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(ranges))) as pool:
+        return sum(pool.map(one, ranges))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import DateTime, bindparam, select, text
+from sqlalchemy import DateTime, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from db.models import Image, Score, ScorerVersion, utcnow
@@ -45,16 +45,28 @@ def unscored_image_ids(session: Session, scorer_version: str, limit: int | None 
     return list(session.scalars(query.limit(limit) if limit else query))
 
 
+def image_id_ranges(session: Session, scorer_version: str, parts: int) -> list[tuple[int, int]]:
+    """`parts` contiguous image-id ranges covering every score row of a version (equal widths of the id span)."""
+    low, high = session.execute(select(func.min(Score.image_id), func.max(Score.image_id))
+                                .where(Score.scorer_version == scorer_version)).one()
+    if low is None:
+        return []
+    step = (high - low) // parts + 1
+    return [(start, min(high, start + step - 1)) for start in range(low, high + 1, step)]
+
+
 def _weights_values(weights: Sequence[float]) -> str:
     """Inline VALUES rows: weights are validated finite floats, and repr() round-trips them exactly."""
     return ", ".join(f"({i}, CAST({float(w)!r} AS DOUBLE PRECISION))" for i, w in enumerate(weights))
 
 
 def insert_rescored(session: Session, source_version: str, target_version: str, weights: Sequence[float],
-                    threshold: float, review_low: float, review_high: float) -> int:
+                    threshold: float, review_low: float, review_high: float,
+                    image_ids: tuple[int, int] | None = None) -> int:
     """Copy every score row of `source_version` to `target_version` with locatability recomputed from its stored
     class ratios under `weights`, and the decision under the given threshold and review band. One INSERT ... SELECT
-    inside the database: no row travels to Python. Rows already present under the target version are kept."""
+    inside the database: no row travels to Python. Rows already present under the target version are kept.
+    `image_ids` = (first, last) restricts it to a range of image ids, so that ranges can run on parallel connections."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":  # an array lookup per class: no join, no row leaves the server
         weight_sql = ("SUM((CAST(:weights AS DOUBLE PRECISION[]))[CAST(j.key AS INTEGER) + 1]"
@@ -76,13 +88,14 @@ def insert_rescored(session: Session, source_version: str, target_version: str, 
         FROM (
             SELECT s.image_id, s.class_ratios,
                    COALESCE((SELECT {weight_sql} FROM {each}(s.class_ratios) AS j {join}), 0.0) AS loc
-            FROM scores AS s WHERE s.scorer_version = :source
+            FROM scores AS s WHERE s.scorer_version = :source AND s.image_id BETWEEN :first AND :last
         ) AS r
         WHERE true
         ON CONFLICT (image_id, scorer_version) DO NOTHING
     """).bindparams(bindparam("now", type_=DateTime(timezone=True)))
+    first, last = image_ids if image_ids is not None else (-(2**62), 2**62)
     parameters = dict(target=target_version, source=source_version, threshold=threshold, low=review_low,
-                      high=review_high, now=utcnow())
+                      high=review_high, now=utcnow(), first=first, last=last)
     if dialect == "postgresql":
         parameters["weights"] = [float(w) for w in weights]
     result = session.execute(statement, parameters)

@@ -82,10 +82,11 @@ def test_version_follows_every_setting_that_changes_rows(sam_scorer, tmp_path):
     assert version(class_weights_path=weights) != sam_scorer.version
 
 
-def test_production_sam_path_matches_the_straightforward_one(images):
+@pytest.mark.parametrize("crop_n_layers", [0, 1])
+def test_production_sam_path_matches_the_straightforward_one(images, crop_n_layers):
     clip = build_clip("unused", None, demo=True, dtype="float32")
     common = dict(sam_identity="t", prompt_template="a street-view photo of a {name}", points_per_side=6,
-                  pred_iou_thresh=0, stability_score_thresh=0, dtype="float32")
+                  pred_iou_thresh=0, stability_score_thresh=0, dtype="float32", crop_n_layers=crop_n_layers)
     naive = SamSegmenter(build_tiny_sam(), clip, **common, clip_batch_size=1, encoder_batch_size=1,
                          chunked_attention=False, fast_masks=False, skip_hidden_masks=False, image_embeddings=False)
     fast = SamSegmenter(build_tiny_sam(), clip, **common, clip_batch_size=64, encoder_batch_size=4)

@@ -125,6 +125,13 @@ def test_rescore_from_stored_ratios_runs_no_model(store_url, demo_env, tmp_path,
         band = "review" if 0.35 <= expected < 0.55 else ("keep" if expected >= 0.45 else "drop")
         assert score.decision == band
 
+    with session_scope() as session:  # ranges on parallel connections (PostgreSQL) give the same rows
+        split = rescore_from_ratios(session, [0.3] * 150, source, parallel=3)
+    with session_scope() as session:
+        values = session.scalars(select(Score.locatability).where(Score.scorer_version == split.scorer_version)).all()
+    assert split.rows == 4 and sorted(values) == pytest.approx(
+        sorted(locatability(s.class_ratios, [0.3] * 150) for s in old.values()), abs=1e-12)
+
     weights_file = tmp_path / "weights.json"
     weights_file.write_text(json.dumps([0.1] * 150))
     output = run("rescore", "--from", source, "--weights", str(weights_file))

@@ -196,6 +196,17 @@ def _preset_predictor(sam: torch.nn.Module):
                 return
             super().set_image(image, image_format)
 
+        @torch.no_grad()
+        def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+            """Crop layers: the stock method, with the input cast to the encoder's dtype (bf16 on GPUs)."""
+            self.reset_image()
+            self.original_size = original_image_size
+            self.input_size = tuple(transformed_image.shape[-2:])
+            encoder = self.model.image_encoder
+            pixels = self.model.preprocess(transformed_image).to(next(encoder.parameters()).dtype)
+            self.features = encoder(pixels).float()
+            self.is_image_set = True
+
     return PresetPredictor(sam)
 
 
