@@ -182,6 +182,10 @@ def get_run(session: Session, run_id: int) -> Run | None:
     return session.get(Run, run_id)
 
 
+def current_step(session: Session, run_id: int) -> str:
+    return session.scalar(select(Run.step).where(Run.id == run_id))
+
+
 def running_runs(session: Session) -> list[tuple[int, str]]:
     return list(session.execute(select(Run.id, Run.step).where(Run.status == "running").order_by(Run.id)).tuples())
 

@@ -155,8 +155,9 @@ def work_export(session: Session, claim: Claim, params: dict[str, Any], settings
 
 
 def plan_train(session: Session, run_id: int, params: dict[str, Any], settings: Settings) -> Payloads:
-    run = batches.get_run(session, run_id)
-    return [{"stage": run.step.split(":", 1)[1], "export": params["export"]}]
+    # Read the step from the database: the run object in this session may predate the hand-over's UPDATE.
+    step = batches.current_step(session, run_id)
+    return [{"stage": step.split(":", 1)[1], "export": params["export"]}]
 
 
 def work_train(session: Session, claim: Claim, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
