@@ -1,4 +1,4 @@
-"""`geocurate run`, `geocurate worker`, `geocurate beat` (and `geocurate demo`)."""
+"""`geocurate run`, `geocurate worker`, `geocurate beat`."""
 
 from __future__ import annotations
 
@@ -13,15 +13,6 @@ from geocurate.errors import UserError
 from geocurate.settings import get_settings
 
 POLL_SECONDS = 0.5
-
-
-def demo() -> None:
-    """Run the main job on the embedded default (for now: create the store and show it)."""
-    from db.migrate import upgrade
-    from geocurate.commands.store import status
-
-    upgrade(get_settings().database_url)
-    status()
 
 
 def run(
@@ -167,7 +158,6 @@ def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
 
 
 def register(app: typer.Typer, ingest_app: typer.Typer) -> None:
-    app.command("demo")(demo)
     app.command("run")(run)
     app.command("worker")(worker)
     app.command("beat")(beat)

@@ -1,0 +1,91 @@
+"""`geocurate demo`: the main job on the embedded default, on a generated sample with tiny random-weight models.
+
+It is the same path as `geocurate run` on real data (ingest → score → route → export → two-stage training), then
+evaluation and the curator's threshold report, so a fresh clone proves the whole flow in a few minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import typer
+
+DEMO_BANNER = "demo models — scores are not meaningful (tiny random-weight models; real weights cannot be downloaded here)"
+
+
+def demo(
+    images: int = typer.Option(50, "--images", help="Sample street views to generate."),
+    clues: int = typer.Option(30, "--clues", help="Sample clue texts to generate."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated sample."),
+) -> None:
+    """Generate a sample, run the whole pipeline with demo models, evaluate, and write the threshold report."""
+    from rich.console import Console
+
+    from geocurate.commands import exports as export_commands
+    from geocurate.commands import pipeline as pipeline_commands
+    from geocurate.commands import training as training_commands
+    from geocurate.sample_data import describe, generate_sample
+    from geocurate.settings import reload_settings
+
+    started = time.perf_counter()
+    os.environ["GEOCURATE_DEMO_MODELS"] = "true"
+    settings = reload_settings()
+    console = Console()
+    console.print(f"[bold yellow]{DEMO_BANNER}[/]")
+
+    sample = generate_sample(Path(settings.data_dir) / "sample", n_images=images, n_clues=clues, seed=seed)
+    console.print(f"sample: {describe(sample)}")
+
+    name = "demo-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    pipeline_commands.run(sample.images_dir, metadata=sample.metadata_csv, clues=sample.clues_jsonl, export=name,
+                          train=True, source="demo")
+    console.rule("evaluation on the export's test split")
+    training_commands.evaluate(name, adapters=None, base_only=False, as_json=False)
+    console.rule("threshold report")
+    report_dir = Path(settings.data_dir) / "reports" / name
+    export_commands.thresholds_report(out=report_dir, scorer_version=None)
+    console.print(summary_table(name, report_dir, time.perf_counter() - started))
+
+
+def summary_table(export_name: str, report_dir: Path, seconds: float):
+    from rich.table import Table
+    from sqlalchemy import func, select
+
+    from db import models as m
+    from db.engine import session_scope
+
+    table = Table(title=f"geocurate demo finished in {seconds:.0f} s")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    with session_scope() as session:
+        def count(model, *where) -> int:
+            return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+        rows = [
+            ("images ingested", count(m.Image)),
+            ("images scored", count(m.Image, m.Image.status == "scored")),
+            ("inputs quarantined", count(m.Quarantine)),
+            ("clues accepted", count(m.Clue, m.Clue.status == "accepted")),
+            ("clues rejected (no place)", count(m.Clue, m.Clue.status == "rejected")),
+            ("items in the review queue", count(m.ReviewTask, m.ReviewTask.state == "pending")),
+        ]
+        export = session.scalar(select(m.Export).where(m.Export.name == export_name))
+        runs = session.scalars(select(m.TrainingRun).where(m.TrainingRun.export_id == export.id)).all() if export else []
+    for what, n in rows:
+        table.add_row(what, str(n))
+    if export is not None:
+        for split, n in sorted((export.counts or {}).get("location", {}).items()):
+            table.add_row(f"export {export_name}: location/{split}", str(n))
+        table.add_row(f"export {export_name}: reasoning pairs", str((export.counts or {}).get("reasoning", 0)))
+        table.add_row("export folder", export.path)
+    for run in runs:
+        table.add_row(f"training {run.stage}", f"{run.status} {run.adapter_path or ''}")
+    table.add_row("threshold report", str(report_dir / "report.html"))
+    return table
+
+
+def register(app: typer.Typer, ingest_app: typer.Typer) -> None:
+    app.command("demo")(demo)
