@@ -13,30 +13,35 @@ every file's sha256 and a content hash over the parameters and the files, so equ
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import exists, not_
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, exists, not_
+from sqlalchemy.orm import Session, aliased
 
 from curation.countries import country_name, is_country_code
 from curation.decisions import DROP_LABELS, decided_images, not_quarantined
-from curation.dedup import near_duplicates
+from curation.dedup import near_duplicates, small_products
+from curation.embeddings import to_vector
 from curation.splits import assign_groups, group_key, parse_split
 from db import exports as store
 from db.engine import session_scope
-from db.models import Image, ReviewTask
+from db.models import Image, ImageEmbedding, ReviewTask
 from db.quarantine import quarantine
 from geocurate.errors import UserError
 from geocurate.export_format import MANIFEST, PROMPT, SPLITS, Answer, Example, location_file, reasoning_file
@@ -44,7 +49,12 @@ from geocurate.export_format import MANIFEST, PROMPT, SPLITS, Answer, Example, l
 FORMAT_VERSION = "geocurate-export/1"
 IMAGES_DIR = "images"
 IMAGES_LISTING = "images.sha256"  # `sha256sum -c images.sha256` verifies every image of the export
-DEDUP_BATCH_ROWS = 2000  # consecutive places whose embeddings are fetched in one query
+DEDUP_BATCH_ROWS = 2000  # consecutive places whose missing embeddings are looked up together
+ITEM_ROWS = 20_000  # export items appended per COPY
+NO_EVIDENCE = "The scene shows little specific geographic evidence."
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+# positions in the location pass's rows: decided_images' columns, then the place key and the stored vector
+LOCATABILITY, PLACE, VECTOR = 7, 11, 12
 ADE20K_DATA = Path(__file__).with_name("data") / "ade20k_locatability.json"
 
 
@@ -71,18 +81,31 @@ def ade20k_tables() -> tuple[list[str], np.ndarray]:
     return [c.split(",")[0].strip() for c in classes], np.asarray(weights, dtype=np.float64)
 
 
+@lru_cache(maxsize=1)
+def _evidence_tables() -> tuple[list[str], list[float]]:
+    """`ade20k_tables` as Python floats: a product of two Python floats is the same IEEE double as numpy's, without
+    a numpy scalar per class of a million images."""
+    names, weights = ade20k_tables()
+    return names, [float(w) for w in weights]
+
+
 def evidence_sentence(class_ratios: dict[str, float] | None, top: int = 3) -> str:
     """The location stage's `reasons`: the classes contributing most to the image's locatability (weight × area),
     the same evidence the score used."""
-    names, weights = ade20k_tables()
+    if not class_ratios:
+        return NO_EVIDENCE
+    names, weights = _evidence_tables()
+    count = len(names)
     contributions = []
-    for index, fraction in (class_ratios or {}).items():
+    for index, fraction in class_ratios.items():
         i = int(index)
-        if 0 <= i < len(names) and fraction and weights[i] * fraction > 0:
-            contributions.append((-weights[i] * float(fraction), names[i]))
+        if 0 <= i < count and fraction:
+            contribution = weights[i] * fraction
+            if contribution > 0:
+                contributions.append((-contribution, names[i]))
+    if not contributions:
+        return NO_EVIDENCE
     picked = [name for _, name in sorted(contributions)[:top]]
-    if not picked:
-        return "The scene shows little specific geographic evidence."
     listed = picked[0] if len(picked) == 1 else ", ".join(picked[:-1]) + f" and {picked[-1]}"
     return f"Main geographic evidence: {listed}."
 
@@ -95,69 +118,140 @@ def _image_name(sha256: str, uri: str) -> str:
 # --- writing ----------------------------------------------------------------------------------------------------
 
 class _HashedWriter:
-    """A text file whose sha256 is computed as it is written (no second read of a large file)."""
+    """A text file whose sha256 is computed as it is written (no second read of a large file). Lines are buffered
+    and written, hashed and counted a block at a time."""
+
+    BLOCK_LINES = 4096
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.handle, self.digest, self.lines = path, open(path, "wb"), hashlib.sha256(), 0
+        self._pending: list[str] = []
 
     def write_line(self, text: str) -> None:
-        data = (text + "\n").encode("utf-8")
-        self.handle.write(data)
-        self.digest.update(data)
-        self.lines += 1
+        self._pending.append(text)
+        if len(self._pending) >= self.BLOCK_LINES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = ("\n".join(self._pending) + "\n").encode("utf-8")
+            self.handle.write(data)
+            self.digest.update(data)
+            self.lines += len(self._pending)
+            self._pending = []
 
     def close(self) -> str:
+        self._flush()
         self.handle.close()
         return self.digest.hexdigest()
+
+
+# Symlinks are the floor of a large export (each one is a journaled directory insert, 20 µs on tmpfs and 60-300 µs
+# on a busy ext4 disk). A thread would contend for the GIL with the serialiser, a symlink at a time, so a small
+# child process makes them from NUL-separated (source, target) pairs on a pipe: its own interpreter, no GIL shared,
+# and the pipe's bounded buffer keeps memory constant whichever side is slower.
+_LINKER = r"""
+import os, sys
+stdin, rest = sys.stdin.buffer.raw, b""
+while True:
+    chunk = stdin.read(1 << 20)
+    if not chunk:
+        break
+    parts = (rest + chunk).split(b"\0")
+    rest = parts.pop()
+    if len(parts) % 2:
+        rest = parts.pop() + b"\0" + rest
+    for i in range(0, len(parts), 2):
+        os.symlink(parts[i], parts[i + 1])
+if rest:
+    sys.exit("incomplete link request at end of input")
+"""
+PIPE_BYTES = 1 << 20
+
+
+class _Linker:
+    """Symlinks made by a child process (see _LINKER); `wait` raises if any failed."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LINKER], stdin=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+        try:
+            fcntl.fcntl(self.process.stdin.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass  # a smaller pipe only means less slack between the two sides
+        self._pending: list[str] = []
+
+    def link(self, source: str, target: str) -> None:
+        self._pending += (source, target)
+        if len(self._pending) >= 2 * _ImagePlacer.LINK_BATCH:
+            self._send()
+
+    def _send(self) -> None:
+        if self._pending:
+            data = ("\0".join(self._pending) + "\0").encode("utf-8", "surrogateescape")  # = os.fsencode
+            self._pending = []
+            try:
+                self.process.stdin.write(data)
+            except BrokenPipeError:
+                self.wait()
+                raise
+
+    def wait(self) -> None:
+        """All requested links exist (the child is done)."""
+        if self.process.stdin and not self.process.stdin.closed:
+            try:
+                self._send()
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+        error = self.process.stderr.read().decode(errors="replace")
+        if self.process.wait() != 0:
+            raise OSError(f"making image links failed: {error.strip().splitlines()[-1] if error.strip() else '?'}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 class _ImagePlacer:
     """Links or copies each image into images/ once, and lists it in images.sha256.
 
-    Links of the location pass (unique images, guaranteed by the query) are made by one background thread while the
-    main thread goes on serialising: os.symlink releases the GIL, and at a million images it is the export's floor.
+    Links of the location pass (unique images, guaranteed by the query) are deferred to a child process while the
+    main process goes on serialising (see _LINKER).
     """
 
     LINK_BATCH = 5000
 
     def __init__(self, root: Path, mode: str, listing: _HashedWriter):
         self.root, self.mode, self.listing, self.placed = root, mode, listing, 0
-        (root / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-        self._pending: list[tuple[str, str]] = []
-        self._linker = ThreadPoolExecutor(max_workers=1) if mode == "link" else None
-        self._jobs: list[Future] = []
+        self.images_dir = os.path.join(os.path.abspath(root), IMAGES_DIR)
+        os.makedirs(self.images_dir, exist_ok=True)
+        self._linker = _Linker() if mode == "link" else None
 
     def place_new(self, sha256: str, uri: str) -> str | None:
         """Place an image known not to be placed yet (deferred link)."""
         if self._linker is None:
             return self.place(sha256, uri)
-        relative = _image_name(sha256, uri)
-        self._pending.append((os.path.abspath(uri), os.path.join(self.root, relative)))
-        if len(self._pending) >= self.LINK_BATCH:
-            self._submit()
+        suffix = os.path.splitext(uri)[1].lower()
+        name = f"{sha256}{suffix if 0 < len(suffix) <= 6 else '.jpg'}"
+        relative = f"{IMAGES_DIR}/{name}"
+        self._linker.link(os.path.abspath(uri), f"{self.images_dir}/{name}")
         self.listing.write_line(f"{sha256}  {relative}")
         self.placed += 1
         return relative
 
-    def _submit(self) -> None:
-        batch, self._pending = self._pending, []
-        while len(self._jobs) >= 4:  # bounded backlog: memory stays constant if linking is the slower side
-            self._jobs.pop(0).result()
-        self._jobs.append(self._linker.submit(_make_links, batch))
-
     def wait(self) -> None:
         """All deferred links exist (errors raised here)."""
         if self._linker is not None:
-            if self._pending:
-                self._submit()
-            for job in self._jobs:
-                job.result()
-            self._jobs = []
+            self._linker.wait()
+            self._linker = None
 
     def close(self) -> None:
         if self._linker is not None:
-            self._linker.shutdown(wait=True)
+            self._linker.kill()
+            self._linker = None
 
     def place(self, sha256: str, uri: str) -> str | None:
         """Relative path of the image in the export; None when a copy's source is gone (caller quarantines)."""
@@ -180,16 +274,43 @@ class _ImagePlacer:
         return relative
 
 
-def _make_links(pairs: list[tuple[str, str]]) -> None:
-    for source, target in pairs:
-        os.symlink(source, target)
-
-
 def _line(example: Example) -> str:
     """`Example.to_line()` without dataclasses.asdict's deep copies (10x faster; a test keeps them equal)."""
     data = dict(example.__dict__)
     data["answer"] = dict(example.answer.__dict__)
     return json.dumps(data, ensure_ascii=False, sort_keys=True)
+
+
+_string = json.encoder.encode_basestring  # what json.dumps(..., ensure_ascii=False) writes for a str
+
+
+def _scalar(value: Any) -> str:
+    """One JSON value spelled exactly as json.dumps spells it."""
+    if value is None:
+        return "null"
+    kind = type(value)
+    if kind is str:
+        return _string(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+_PROMPT_JSON = _string(PROMPT)
+
+
+def _location_line(sha256: str, image: str, country: str, country_code: str, city: str | None, reasons: str,
+                   lat: float | None, lon: float | None, locatability: float, place: str, human_label: str | None) -> str:
+    """`_line` of a location example, written from a template of its sorted keys: the location pass writes a
+    line per image, and this is a third of json.dumps's cost (a test keeps the two equal). `country` and
+    `country_code` are JSON already."""
+    city_json = _scalar(city)
+    label = f'"human_label": {_scalar(human_label)}, ' if human_label else ""
+    return (f'{{"answer": {{"city": {city_json}, "country": {country}, "reasons": {_string(reasons)}}}, '
+            f'"city": {city_json}, "country_code": {country_code}, "id": {_string(sha256)}, '
+            f'"image": {_string(image)}, "lat": {_scalar(lat)}, "lon": {_scalar(lon)}, '
+            f'"meta": {{{label}"locatability": {_scalar(round(float(locatability), 6))}, "place": {_string(place)}}}, '
+            f'"prompt": {_PROMPT_JSON}}}')
 
 
 def _content_hash(parameters: dict[str, Any], files: dict[str, str]) -> str:
@@ -199,30 +320,30 @@ def _content_hash(parameters: dict[str, Any], files: dict[str, str]) -> str:
 
 # --- building ---------------------------------------------------------------------------------------------------
 
-def _embedding_lookup(session: Session, embedding_version: str | None):
-    """A function ids → {id: vector}: stored vectors first, open_clip only for images that have none."""
-    from curation.embeddings import image_embeddings, stored_embeddings
+class _EmbeddingLookup:
+    """Vectors for images the location query found no stored vector for: open_clip computes (and stores) them when
+    `version` is its own. `version` is the requested embedding version, else the configured open_clip model's
+    (which loads the model)."""
 
-    state: dict[str, Any] = {}
+    def __init__(self, session: Session, embedding_version: str | None):
+        self.session, self.clip = session, None
+        self.version = embedding_version or self._clip().version
 
-    def lookup(ids: list[int]) -> dict[int, np.ndarray]:
-        if "clip" not in state and embedding_version is None:
+    def _clip(self):
+        if self.clip is None:
             from curation.clip import load_clip
 
-            state["clip"] = load_clip()
-        version = embedding_version or state["clip"].version
-        found = stored_embeddings(session, ids, version)
+            self.clip = load_clip()
+        return self.clip
+
+    def __call__(self, ids: list[int]) -> dict[int, np.ndarray]:
+        from curation.embeddings import image_embeddings, stored_embeddings
+
+        found = stored_embeddings(self.session, ids, self.version)
         missing = [i for i in ids if i not in found]
-        if missing:
-            if "clip" not in state:
-                from curation.clip import load_clip
-
-                state["clip"] = load_clip()
-            if state["clip"].version == version:
-                found.update(image_embeddings(session, missing, state["clip"]))
+        if missing and self._clip().version == self.version:
+            found.update(image_embeddings(self.session, missing, self.clip))
         return found
-
-    return lookup
 
 
 def _drop_reviewed_as_unusable():
@@ -300,106 +421,45 @@ def _write(session: Session, export_id: int, name: str, root: Path, parameters: 
     groups = store.create_group_table(session)
 
     # pass 1: place of every kept image → temporary table, then places → splits
+    known_country: dict[str | None, bool] = {}
+    city_places: dict[tuple[str | None, str], str | None] = {}
+
     def keyed_rows():
-        for row in store.stream(session, decided_images(scorer_version, threshold, lean=True)):
-            if not is_country_code(row.country_code):
-                quarantine(session, "metadata", row.sha256, "unknown country", f"country code {row.country_code!r}")
+        for image_id, sha256, lat, lon, country_code, city in store.stream_rows(
+                session, decided_images(scorer_version, threshold, lean=True)):
+            valid = known_country.get(country_code)
+            if valid is None:
+                valid = known_country[country_code] = is_country_code(country_code)
+            if not valid:
+                quarantine(session, "metadata", sha256, "unknown country", f"country code {country_code!r}")
                 continue
-            yield {"image_id": row.id, "group_key": group_key(row.country_code, row.city, row.lat, row.lon,
-                                                                h3_resolution)}
+            if city:  # a place per (country, city): normalising the name once per city, not once per image
+                key = city_places.get((country_code, city))
+                if key is None:
+                    key = city_places[(country_code, city)] = group_key(country_code, city, lat, lon, h3_resolution)
+            else:
+                key = group_key(country_code, city, lat, lon, h3_resolution)
+            yield image_id, key
 
     store.add_place_keys(session, groups, keyed_rows())
-    split_of = assign_groups(store.group_sizes(session, groups), fractions, seed)
+    sizes = store.group_sizes(session, groups)
+    split_of = assign_groups(sizes, fractions, seed)
 
     # pass 2: dedup one place at a time, write lines
     listing = _HashedWriter(root / IMAGES_LISTING)
     placer = _ImagePlacer(root, images, listing)
-    writers = {s: _HashedWriter(location_file(root, s)) for s in SPLITS}
-    lookup = _embedding_lookup(session, embedding_version) if dedup_similarity is not None else None
-    per_country: dict[str, Counter] = {s: Counter() for s in SPLITS}
-    groups_per_split: Counter = Counter()
-    removed = 0
-    items: list[dict[str, Any]] = []
-
-    def flush(batch: list[tuple[str, list[Any]]]) -> None:
-        nonlocal removed
-        vectors = lookup([r.id for _, rows in batch for r in rows]) if lookup else {}
-        for key, rows in batch:
-            drop: set[int] = set()
-            with_vectors = [r for r in rows if r.id in vectors]
-            if len(with_vectors) > 1:
-                drop = near_duplicates([r.id for r in with_vectors], np.stack([vectors[r.id] for r in with_vectors]),
-                                       [r.locatability for r in with_vectors], dedup_similarity,
-                                       [r.sha256 for r in with_vectors])
-                removed += len(drop)
-            split_name = split_of[key]
-            groups_per_split[split_name] += 1
-            for r in rows:
-                if r.id in drop:
-                    continue
-                relative = placer.place_new(r.sha256, r.uri)
-                if relative is None:
-                    quarantine(session, "image", r.uri, "missing at export", f"export {name}")
-                    continue
-                example = Example(
-                    id=r.sha256, image=relative, prompt=PROMPT,
-                    answer=Answer(country=country_name(r.country_code), city=r.city,
-                                  reasons=evidence_sentence(r.class_ratios)),
-                    country_code=r.country_code.upper(), city=r.city, lat=r.lat, lon=r.lon,
-                    meta={"locatability": round(float(r.locatability), 6), "place": key,
-                          **({"human_label": r.human_label} if r.human_label else {})},
-                )
-                writers[split_name].write_line(_line(example))
-                per_country[split_name][r.country_code.upper()] += 1
-                items.append(dict(export_id=export_id, dataset="location", split=split_name, image_id=r.id,
-                                  clue_id=None))
-        if len(items) >= DEDUP_BATCH_ROWS:
-            store.add_export_items(session, items)
-            items.clear()
-
-    ordered = decided_images(scorer_version, threshold, groups.c.group_key).join(
-        groups, groups.c.image_id == Image.id).order_by(groups.c.group_key, Image.sha256)
-    batch: list[tuple[str, list[Any]]] = []
-    batch_rows = 0
-    for key, rows in groupby(store.stream(session, ordered), key=lambda r: r.group_key):
-        rows = list(rows)
-        batch.append((key, rows))
-        batch_rows += len(rows)
-        if batch_rows >= DEDUP_BATCH_ROWS:
-            flush(batch)
-            batch, batch_rows = [], 0
-    if batch:
-        flush(batch)
-
-    placer.wait()  # the reasoning pass may place the same images again: their links must exist first
-
-    # reasoning stage: accepted clues with their images, none from a held-out place
-    reasoning = _HashedWriter(reasoning_file(root))
-    held_out = 0
-    pairs = store.accepted_clue_pairs().where(not_quarantined(), _drop_reviewed_as_unusable())
-    for r in store.stream(session, pairs):
-        key = group_key(r.country_code, r.city, r.lat, r.lon, h3_resolution)
-        if split_of.get(key, "train") != "train":
-            held_out += 1
-            continue
-        relative = placer.place(r.sha256, r.uri)
-        if relative is None:
-            quarantine(session, "image", r.uri, "missing at export", f"export {name}")
-            continue
-        same_country = (r.country_code or "").upper() == r.clue_country.upper()
-        example = Example(
-            id=f"{r.clue_sha256[:16]}-{r.sha256[:16]}", image=relative, prompt=PROMPT,
-            answer=Answer(country=country_name(r.clue_country), city=r.city if same_country else None, reasons=r.text),
-            country_code=r.clue_country.upper(), city=r.city if same_country else None, lat=r.lat, lon=r.lon,
-            meta={"clue_id": r.clue_id},
-        )
-        reasoning.write_line(_line(example))
-        items.append(dict(export_id=export_id, dataset="reasoning", split="train", image_id=r.id, clue_id=r.clue_id))
-    store.add_export_items(session, items)
+    try:
+        with small_products():
+            location = _write_location(session, export_id, name, root, placer, split_of, groups, scorer_version,
+                                       threshold, dedup_similarity if sizes else None, embedding_version)
+        placer.wait()  # the reasoning pass may place the same images again: their links must exist first
+        reasoning, held_out = _write_reasoning(session, export_id, name, root, placer, split_of, h3_resolution)
+        placer.wait()
+    finally:
+        placer.close()
     store.drop_group_table(session, groups)
-    placer.wait()
-    placer.close()
 
+    writers, removed, groups_per_split, per_country = location
     files = {f"location/{s}.jsonl": w.close() for s, w in writers.items()}
     files["reasoning/train.jsonl"] = reasoning.close()
     files[IMAGES_LISTING] = listing.close()
@@ -423,3 +483,115 @@ def _write(session: Session, export_id: int, name: str, root: Path, parameters: 
     return ExportResult(name=name, path=root, content_hash=content_hash, counts=counts, removed_duplicates=removed,
                         export_id=export_id)
 
+
+def _write_location(session: Session, export_id: int, name: str, root: Path, placer: _ImagePlacer,
+                    split_of: dict[str, str], groups, scorer_version: str, threshold: float,
+                    dedup_similarity: float | None, embedding_version: str | None):
+    """The kept images ordered by (place, sha256), near-duplicates removed per place, one line each in their
+    place's split. Plain rows, a line template and COPY for the items: this loop runs once per exported image."""
+    writers = {s: _HashedWriter(location_file(root, s)) for s in SPLITS}
+    per_country: dict[str, Counter] = {s: Counter() for s in SPLITS}
+    groups_per_split: Counter = Counter()
+    removed = 0
+    items: list[tuple[int, str, str, int]] = []
+    countries: dict[str, tuple[str, str, str]] = {}  # metadata code → (upper code, its JSON, country name's JSON)
+
+    lookup, columns = None, [groups.c.group_key]
+    if dedup_similarity is not None:
+        lookup = _EmbeddingLookup(session, embedding_version)
+        stored = aliased(ImageEmbedding, name="stored_embedding")
+        columns.append(stored.vector)
+        ordered = decided_images(scorer_version, threshold, *columns).outerjoin(
+            stored, and_(stored.image_id == Image.id, stored.model_version == lookup.version))
+    else:
+        ordered = decided_images(scorer_version, threshold, *columns)
+    ordered = ordered.join(groups, groups.c.image_id == Image.id).order_by(groups.c.group_key, Image.sha256)
+
+    def duplicates_in(batch: list[tuple[str, list[Any]]]) -> set[int]:
+        """Ids to drop in a batch of places: vectors joined from the store, the missing ones looked up together
+        (open_clip only for images without one), and places of a single image skipped."""
+        crowded = [rows for _, rows in batch if len(rows) > 1]
+        missing = [r[0] for rows in crowded for r in rows if r[VECTOR] is None]
+        found = lookup(missing) if missing else {}
+        drop: set[int] = set()
+        for rows in crowded:
+            with_vectors = []
+            for r in rows:
+                vector = to_vector(r[VECTOR]) if r[VECTOR] is not None else found.get(r[0])
+                if vector is not None:
+                    with_vectors.append((r, vector))
+            if len(with_vectors) > 1:
+                drop |= near_duplicates([r[0] for r, _ in with_vectors], np.stack([v for _, v in with_vectors]),
+                                        [r[LOCATABILITY] for r, _ in with_vectors], dedup_similarity,
+                                        [r[1] for r, _ in with_vectors])
+        return drop
+
+    def flush(batch: list[tuple[str, list[Any]]]) -> None:
+        nonlocal removed
+        drop = duplicates_in(batch) if lookup is not None else set()
+        removed += len(drop)
+        for key, rows in batch:
+            split_name = split_of[key]
+            groups_per_split[split_name] += 1
+            writer, country_counts = writers[split_name], per_country[split_name]
+            for image_id, sha256, uri, lat, lon, code, city, locatability, ratios, human_label, *_ in rows:
+                if image_id in drop:
+                    continue
+                relative = placer.place_new(sha256, uri)
+                if relative is None:
+                    quarantine(session, "image", uri, "missing at export", f"export {name}")
+                    continue
+                country = countries.get(code)
+                if country is None:
+                    upper = code.upper()
+                    country = countries[code] = (upper, _string(upper), _scalar(country_name(code)))
+                writer.write_line(_location_line(sha256, relative, country[2], country[1], city,
+                                                 evidence_sentence(ratios), lat, lon, locatability, key, human_label))
+                country_counts[country[0]] += 1
+                items.append((export_id, "location", split_name, image_id))
+        if len(items) >= ITEM_ROWS:
+            store.add_location_items(session, items)
+            items.clear()
+
+    batch: list[tuple[str, list[Any]]] = []
+    batch_rows = 0
+    for key, rows in groupby(store.stream_rows(session, ordered), key=itemgetter(PLACE)):
+        rows = list(rows)
+        batch.append((key, rows))
+        batch_rows += len(rows)
+        if batch_rows >= DEDUP_BATCH_ROWS:
+            flush(batch)
+            batch, batch_rows = [], 0
+    if batch:
+        flush(batch)
+    store.add_location_items(session, items)
+    return writers, removed, groups_per_split, per_country
+
+
+def _write_reasoning(session: Session, export_id: int, name: str, root: Path, placer: _ImagePlacer,
+                     split_of: dict[str, str], h3_resolution: int) -> tuple[_HashedWriter, int]:
+    """Accepted clues with their images, none from a held-out place."""
+    reasoning = _HashedWriter(reasoning_file(root))
+    held_out = 0
+    items: list[dict[str, Any]] = []
+    pairs = store.accepted_clue_pairs().where(not_quarantined(), _drop_reviewed_as_unusable())
+    for r in store.stream(session, pairs):
+        key = group_key(r.country_code, r.city, r.lat, r.lon, h3_resolution)
+        if split_of.get(key, "train") != "train":
+            held_out += 1
+            continue
+        relative = placer.place(r.sha256, r.uri)
+        if relative is None:
+            quarantine(session, "image", r.uri, "missing at export", f"export {name}")
+            continue
+        same_country = (r.country_code or "").upper() == r.clue_country.upper()
+        example = Example(
+            id=f"{r.clue_sha256[:16]}-{r.sha256[:16]}", image=relative, prompt=PROMPT,
+            answer=Answer(country=country_name(r.clue_country), city=r.city if same_country else None, reasons=r.text),
+            country_code=r.clue_country.upper(), city=r.city if same_country else None, lat=r.lat, lon=r.lon,
+            meta={"clue_id": r.clue_id},
+        )
+        reasoning.write_line(_line(example))
+        items.append(dict(export_id=export_id, dataset="reasoning", split="train", image_id=r.id, clue_id=r.clue_id))
+    store.add_export_items(session, items)
+    return reasoning, held_out

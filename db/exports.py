@@ -3,7 +3,8 @@ hash, and its items say which image (and clue) went into which split, so a train
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import Column, Integer, MetaData, Select, String, Table, and_, func, select
@@ -20,6 +21,35 @@ def stream(session: Session, stmt: Select, rows: int = STREAM_ROWS) -> Iterator[
     """Rows one by one from a server-side cursor (PostgreSQL) or SQLite's lazy cursor: memory stays constant
     whatever the table size."""
     yield from session.execute(stmt.execution_options(yield_per=rows, stream_results=True))
+
+
+def stream_rows(session: Session, stmt: Select, rows: int = STREAM_ROWS) -> Iterator[Any]:
+    """`stream` on the session's connection rather than through the ORM: plain Core rows (tuple-like), several
+    times cheaper per row when a million of them pass."""
+    result = session.connection().execute(stmt.execution_options(yield_per=rows, stream_results=True))
+    for partition in result.partitions():
+        yield from partition
+
+
+def append_rows(session: Session, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]],
+                chunk_rows: int = 20_000) -> None:
+    """Append rows known to be new (no conflict handling): PostgreSQL's COPY, else executemany. Rows are taken a
+    chunk at a time, so `rows` may itself stream from a cursor of the same connection (a COPY in progress holds
+    the connection)."""
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    column_list = ", ".join(f'"{c}"' for c in columns)
+    rows = iter(rows)
+    while chunk := list(islice(rows, chunk_rows)):
+        if not postgresql:
+            session.execute(table.insert(), [dict(zip(columns, row)) for row in chunk])
+            continue
+        cursor = session.connection().connection.driver_connection.cursor()
+        try:
+            with cursor.copy(f'COPY "{table.name}" ({column_list}) FROM STDIN') as copy:
+                for row in chunk:
+                    copy.write_row(row)
+        finally:
+            cursor.close()
 
 
 def latest_scorer_version(session: Session) -> str | None:
@@ -93,8 +123,15 @@ def drop_group_table(session: Session, table: Table) -> None:
     table.drop(session.connection(), checkfirst=True)
 
 
-def add_place_keys(session: Session, table: Table, rows: Iterable[dict[str, Any]]) -> int:
-    return insert_ignore(session, table, rows, conflict=["image_id"])
+def add_place_keys(session: Session, table: Table, rows: Iterable[tuple[int, str]]) -> None:
+    """(image id, place key) pairs; each image once (the selection has one row per image)."""
+    append_rows(session, table, ("image_id", "group_key"), rows)
+
+
+def add_location_items(session: Session, rows: Iterable[tuple[int, str, str, int]]) -> None:
+    """(export id, dataset, split, image id) rows of a new export: nothing to conflict with (begin_export cleared a
+    reused name's items), so they are appended with COPY."""
+    append_rows(session, ExportItem.__table__, ("export_id", "dataset", "split", "image_id"), rows)
 
 
 def group_sizes(session: Session, table: Table) -> dict[str, int]:
