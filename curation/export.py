@@ -13,7 +13,7 @@ every file's sha256 and a content hash over the parameters and the files, so equ
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
 import json
 import math
@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -50,9 +51,7 @@ FORMAT_VERSION = "geocurate-export/1"
 IMAGES_DIR = "images"
 IMAGES_LISTING = "images.sha256"  # `sha256sum -c images.sha256` verifies every image of the export
 DEDUP_BATCH_ROWS = 2000  # consecutive places whose missing embeddings are looked up together
-ITEM_ROWS = 20_000  # export items appended per COPY
 NO_EVIDENCE = "The scene shows little specific geographic evidence."
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # positions in the location pass's rows: decided_images' columns, then the place key and the stored vector
 LOCATABILITY, PLACE, VECTOR = 7, 11, 12
 ADE20K_DATA = Path(__file__).with_name("data") / "ade20k_locatability.json"
@@ -141,23 +140,34 @@ class _HashedWriter:
             self.lines += len(self._pending)
             self._pending = []
 
+    def flush(self) -> None:
+        self._flush()
+        self.handle.flush()
+
     def close(self) -> str:
         self._flush()
         self.handle.close()
         return self.digest.hexdigest()
 
 
-# Symlinks are the floor of a large export (each one is a journaled directory insert, 20 µs on tmpfs and 60-300 µs
-# on a busy ext4 disk). A thread would contend for the GIL with the serialiser, a symlink at a time, so a small
-# child process makes them from NUL-separated (source, target) pairs on a pipe: its own interpreter, no GIL shared,
-# and the pipe's bounded buffer keeps memory constant whichever side is slower.
+# Symlinks are the floor of a large export: each is a journaled directory insert, ~20 µs on tmpfs and 60-300 µs on a
+# busy ext4 disk (600k of them: 40-90 s), and several threads in one directory are slower still (the directory's
+# lock serialises them). So they start as early as possible, in the first pass, and run beside everything else in
+# a small child process (its own interpreter: a thread would wait for the serialiser's GIL after every symlink).
+# Requests go through a spool file rather than a pipe, so the exporter never waits for the disk and memory stays
+# constant; closing the child's stdin says that no more will come.
 _LINKER = r"""
-import os, sys
-stdin, rest = sys.stdin.buffer.raw, b""
+import os, select, sys
+spool, rest, done = open(sys.argv[1], "rb", buffering=0), b"", False
+os.chdir(sys.argv[2])
 while True:
-    chunk = stdin.read(1 << 20)
+    chunk = spool.read(1 << 20)
     if not chunk:
-        break
+        if done:
+            break
+        if select.select([sys.stdin], [], [], 0.05)[0] and not os.read(sys.stdin.fileno(), 1):
+            done = True  # the exporter closed stdin after its last request: read the spool to its end once more
+        continue
     parts = (rest + chunk).split(b"\0")
     rest = parts.pop()
     if len(parts) % 2:
@@ -165,93 +175,116 @@ while True:
     for i in range(0, len(parts), 2):
         os.symlink(parts[i], parts[i + 1])
 if rest:
-    sys.exit("incomplete link request at end of input")
+    sys.exit("incomplete link request at the end of the spool")
 """
-PIPE_BYTES = 1 << 20
 
 
 class _Linker:
-    """Symlinks made by a child process (see _LINKER); `wait` raises if any failed."""
+    """Symlinks in `images_dir` made by a child process (see _LINKER); `wait` raises if any failed."""
 
-    def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LINKER], stdin=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)
-        try:
-            fcntl.fcntl(self.process.stdin.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
-        except OSError:
-            pass  # a smaller pipe only means less slack between the two sides
+    BATCH = 5000
+
+    def __init__(self, images_dir: str) -> None:
+        self.spool = tempfile.NamedTemporaryFile(prefix="geocurate-links-", delete=False)
+        self.process = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LINKER, self.spool.name, images_dir],
+                                        stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.requested = 0
         self._pending: list[str] = []
 
-    def link(self, source: str, target: str) -> None:
-        self._pending += (source, target)
-        if len(self._pending) >= 2 * _ImagePlacer.LINK_BATCH:
+    def link(self, source: str, name: str) -> None:
+        self._pending += (source, name)
+        if len(self._pending) >= 2 * self.BATCH:
             self._send()
 
     def _send(self) -> None:
         if self._pending:
-            data = ("\0".join(self._pending) + "\0").encode("utf-8", "surrogateescape")  # = os.fsencode
+            self.spool.write(("\0".join(self._pending) + "\0").encode("utf-8", "surrogateescape"))  # = os.fsencode
+            self.spool.flush()
+            self.requested += len(self._pending) // 2
             self._pending = []
-            try:
-                self.process.stdin.write(data)
-            except BrokenPipeError:
-                self.wait()
-                raise
 
     def wait(self) -> None:
         """All requested links exist (the child is done)."""
-        if self.process.stdin and not self.process.stdin.closed:
-            try:
-                self._send()
-                self.process.stdin.close()
-            except BrokenPipeError:
-                pass
-        error = self.process.stderr.read().decode(errors="replace")
-        if self.process.wait() != 0:
-            raise OSError(f"making image links failed: {error.strip().splitlines()[-1] if error.strip() else '?'}")
+        try:
+            self._send()
+            self.spool.close()
+            self.process.stdin.close()
+            error = self.process.stderr.read().decode(errors="replace").strip()
+            if self.process.wait() != 0:
+                raise OSError(f"making image links failed: {error.splitlines()[-1] if error else '?'}")
+        finally:
+            self.kill()
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self.spool.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.spool.name)
 
 
 class _ImagePlacer:
     """Links or copies each image into images/ once, and lists it in images.sha256.
 
-    Links of the location pass (unique images, guaranteed by the query) are deferred to a child process while the
-    main process goes on serialising (see _LINKER).
+    In link mode the first pass requests a link for every kept image (`request_link`, made by a child process, see
+    _LINKER); the location pass then lists the images it writes (`list_linked`) and names those dedup removed
+    (`unlink_later`), whose links go once the child is done (`wait`).
     """
-
-    LINK_BATCH = 5000
 
     def __init__(self, root: Path, mode: str, listing: _HashedWriter):
         self.root, self.mode, self.listing, self.placed = root, mode, listing, 0
         self.images_dir = os.path.join(os.path.abspath(root), IMAGES_DIR)
         os.makedirs(self.images_dir, exist_ok=True)
-        self._linker = _Linker() if mode == "link" else None
+        self.linker = _Linker(self.images_dir) if mode == "link" else None
+        self.requested = self.unlinked = 0
+        self._unlink: list[str] = []
 
-    def place_new(self, sha256: str, uri: str) -> str | None:
-        """Place an image known not to be placed yet (deferred link)."""
-        if self._linker is None:
-            return self.place(sha256, uri)
+    @staticmethod
+    def _name(sha256: str, uri: str) -> str:
         suffix = os.path.splitext(uri)[1].lower()
-        name = f"{sha256}{suffix if 0 < len(suffix) <= 6 else '.jpg'}"
-        relative = f"{IMAGES_DIR}/{name}"
-        self._linker.link(os.path.abspath(uri), f"{self.images_dir}/{name}")
+        return f"{sha256}{suffix if 0 < len(suffix) <= 6 else '.jpg'}"
+
+    def request_link(self, sha256: str, uri: str) -> None:
+        self.linker.link(os.path.abspath(uri), self._name(sha256, uri))
+
+    def list_linked(self, sha256: str, uri: str) -> str:
+        """Relative path of an image whose link was requested; listed in images.sha256."""
+        relative = f"{IMAGES_DIR}/{self._name(sha256, uri)}"
         self.listing.write_line(f"{sha256}  {relative}")
         self.placed += 1
         return relative
 
+    def unlink_later(self, sha256: str, uri: str) -> None:
+        self._unlink.append(self._name(sha256, uri))
+
     def wait(self) -> None:
-        """All deferred links exist (errors raised here)."""
-        if self._linker is not None:
-            self._linker.wait()
-            self._linker = None
+        """All requested links exist, those of removed images are gone (errors raised here)."""
+        if self.linker is not None:
+            linker, self.linker = self.linker, None
+            linker.wait()
+            self.requested = linker.requested
+            for name in self._unlink:
+                os.unlink(os.path.join(self.images_dir, name))
+            self.unlinked += len(self._unlink)
+            self._unlink = []
+
+    def linked_strays(self) -> int:
+        """Links requested in the first pass that the location pass neither listed nor removed: images whose
+        decision changed between the two passes (a concurrent review or quarantine). Rare; they are removed."""
+        if self.mode != "link" or self.requested == self.placed + self.unlinked:
+            return 0
+        self.listing.flush()
+        with open(self.listing.path, encoding="utf-8") as handle:
+            listed = {line.rstrip("\n").split("  ", 1)[1].split("/", 1)[1] for line in handle}
+        strays = [entry.name for entry in os.scandir(self.images_dir) if entry.name not in listed]
+        for name in strays:
+            os.unlink(os.path.join(self.images_dir, name))
+        return len(strays)
 
     def close(self) -> None:
-        if self._linker is not None:
-            self._linker.kill()
-            self._linker = None
+        if self.linker is not None:
+            self.linker.kill()
 
     def place(self, sha256: str, uri: str) -> str | None:
         """Relative path of the image in the export; None when a copy's source is gone (caller quarantines)."""
@@ -417,16 +450,29 @@ def _freeze(root: Path, images: str) -> None:
 def _write(session: Session, export_id: int, name: str, root: Path, parameters: dict[str, Any],
            fractions: tuple[float, float, float], seed: int, images: str, h3_resolution: int,
            dedup_similarity: float | None, embedding_version: str | None) -> ExportResult:
-    scorer_version, threshold = parameters["scorer_version"], parameters["threshold"]
     groups = store.create_group_table(session)
+    listing = _HashedWriter(root / IMAGES_LISTING)
+    placer = _ImagePlacer(root, images, listing)
+    try:
+        return _write_passes(session, export_id, name, root, parameters, fractions, seed, images, h3_resolution,
+                             dedup_similarity, embedding_version, groups, placer, listing)
+    finally:
+        placer.close()
 
-    # pass 1: place of every kept image → temporary table, then places → splits
+
+def _write_passes(session: Session, export_id: int, name: str, root: Path, parameters: dict[str, Any],
+                  fractions: tuple[float, float, float], seed: int, images: str, h3_resolution: int,
+                  dedup_similarity: float | None, embedding_version: str | None, groups, placer: _ImagePlacer,
+                  listing: _HashedWriter) -> ExportResult:
+    scorer_version, threshold = parameters["scorer_version"], parameters["threshold"]
+
+    # pass 1: place of every kept image → temporary table, then places → splits; links requested (link mode)
     known_country: dict[str | None, bool] = {}
     city_places: dict[tuple[str | None, str], str | None] = {}
 
     def keyed_rows():
-        for image_id, sha256, lat, lon, country_code, city in store.stream_rows(
-                session, decided_images(scorer_version, threshold, lean=True)):
+        for image_id, sha256, lat, lon, country_code, city, uri in store.stream_rows(
+                session, decided_images(scorer_version, threshold, Image.uri, lean=True)):
             valid = known_country.get(country_code)
             if valid is None:
                 valid = known_country[country_code] = is_country_code(country_code)
@@ -439,24 +485,24 @@ def _write(session: Session, export_id: int, name: str, root: Path, parameters: 
                     key = city_places[(country_code, city)] = group_key(country_code, city, lat, lon, h3_resolution)
             else:
                 key = group_key(country_code, city, lat, lon, h3_resolution)
+            if linking:
+                placer.request_link(sha256, uri)
             yield image_id, key
 
+    linking = placer.linker is not None
+
     store.add_place_keys(session, groups, keyed_rows())
+    store.analyze(session, groups)
     sizes = store.group_sizes(session, groups)
     split_of = assign_groups(sizes, fractions, seed)
 
     # pass 2: dedup one place at a time, write lines
-    listing = _HashedWriter(root / IMAGES_LISTING)
-    placer = _ImagePlacer(root, images, listing)
-    try:
-        with small_products():
-            location = _write_location(session, export_id, name, root, placer, split_of, groups, scorer_version,
-                                       threshold, dedup_similarity if sizes else None, embedding_version)
-        placer.wait()  # the reasoning pass may place the same images again: their links must exist first
-        reasoning, held_out = _write_reasoning(session, export_id, name, root, placer, split_of, h3_resolution)
-        placer.wait()
-    finally:
-        placer.close()
+    with small_products():
+        location = _write_location(session, export_id, name, root, placer, split_of, groups, scorer_version,
+                                   threshold, dedup_similarity if sizes else None, embedding_version)
+    placer.wait()  # the reasoning pass may place the same images again: their links must exist first
+    placer.linked_strays()
+    reasoning, held_out = _write_reasoning(session, export_id, name, root, placer, split_of, h3_resolution)
     store.drop_group_table(session, groups)
 
     writers, removed, groups_per_split, per_country = location
@@ -494,6 +540,8 @@ def _write_location(session: Session, export_id: int, name: str, root: Path, pla
     groups_per_split: Counter = Counter()
     removed = 0
     items: list[tuple[int, str, str, int]] = []
+    appender = store.ItemAppender(session)
+    linked = placer.linker is not None
     countries: dict[str, tuple[str, str, str]] = {}  # metadata code → (upper code, its JSON, country name's JSON)
 
     lookup, columns = None, [groups.c.group_key]
@@ -536,8 +584,10 @@ def _write_location(session: Session, export_id: int, name: str, root: Path, pla
             writer, country_counts = writers[split_name], per_country[split_name]
             for image_id, sha256, uri, lat, lon, code, city, locatability, ratios, human_label, *_ in rows:
                 if image_id in drop:
+                    if linked:
+                        placer.unlink_later(sha256, uri)
                     continue
-                relative = placer.place_new(sha256, uri)
+                relative = placer.list_linked(sha256, uri) if linked else placer.place(sha256, uri)
                 if relative is None:
                     quarantine(session, "image", uri, "missing at export", f"export {name}")
                     continue
@@ -549,22 +599,25 @@ def _write_location(session: Session, export_id: int, name: str, root: Path, pla
                                                  evidence_sentence(ratios), lat, lon, locatability, key, human_label))
                 country_counts[country[0]] += 1
                 items.append((export_id, "location", split_name, image_id))
-        if len(items) >= ITEM_ROWS:
-            store.add_location_items(session, items)
-            items.clear()
+        appender.add(items)
+        items.clear()
 
     batch: list[tuple[str, list[Any]]] = []
     batch_rows = 0
-    for key, rows in groupby(store.stream_rows(session, ordered), key=itemgetter(PLACE)):
-        rows = list(rows)
-        batch.append((key, rows))
-        batch_rows += len(rows)
-        if batch_rows >= DEDUP_BATCH_ROWS:
+    try:
+        for key, rows in groupby(store.stream_rows(session, ordered), key=itemgetter(PLACE)):
+            rows = list(rows)
+            batch.append((key, rows))
+            batch_rows += len(rows)
+            if batch_rows >= DEDUP_BATCH_ROWS:
+                flush(batch)
+                batch, batch_rows = [], 0
+        if batch:
             flush(batch)
-            batch, batch_rows = [], 0
-    if batch:
-        flush(batch)
-    store.add_location_items(session, items)
+    except BaseException:
+        appender.abort()
+        raise
+    appender.finish()
     return writers, removed, groups_per_split, per_country
 
 

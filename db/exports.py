@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, Select, String, Table, and_, func, select
+from sqlalchemy import Column, Integer, MetaData, Select, String, Table, and_, func, select, text
 from sqlalchemy.orm import Session
 
 from db.models import Clue, CluePair, Export, ExportItem, Image, Score, ScorerVersion, utcnow
@@ -128,10 +128,66 @@ def add_place_keys(session: Session, table: Table, rows: Iterable[tuple[int, str
     append_rows(session, table, ("image_id", "group_key"), rows)
 
 
-def add_location_items(session: Session, rows: Iterable[tuple[int, str, str, int]]) -> None:
-    """(export id, dataset, split, image id) rows of a new export: nothing to conflict with (begin_export cleared a
-    reused name's items), so they are appended with COPY."""
-    append_rows(session, ExportItem.__table__, ("export_id", "dataset", "split", "image_id"), rows)
+ITEM_COLUMNS = ("export_id", "dataset", "split", "image_id")
+
+
+class ItemAppender:
+    """Appends (export id, dataset, split, image id) rows of a new export (nothing to conflict with: begin_export
+    cleared a reused name's items).
+
+    On PostgreSQL the rows go through one COPY on a second connection, kept open for the whole pass and fed by a
+    queue: the server checks each row's two foreign keys (~50 µs a row on PostgreSQL 15, half a minute at 600k
+    items) while the exporter goes on, instead of the exporter waiting for every chunk. That connection commits in
+    `finish`, just before the export's own transaction; if the latter then fails, the export is marked failed and
+    a rebuild under the name clears the items (begin_export). Elsewhere rows are inserted in the session.
+    """
+
+    def __init__(self, session: Session):
+        self.session, self._raw, self._copy_context, self._copy = session, None, None, None
+        if session.get_bind().dialect.name == "postgresql":
+            from psycopg.copy import QueuedLibpqWriter
+
+            self._raw = session.get_bind().raw_connection()
+            cursor = self._raw.driver_connection.cursor()
+            self._copy_context = cursor.copy(f"COPY export_items ({', '.join(ITEM_COLUMNS)}) FROM STDIN",
+                                             writer=QueuedLibpqWriter(cursor))
+            self._copy = self._copy_context.__enter__()
+
+    def add(self, rows: list[tuple[int, str, str, int]]) -> None:
+        if self._copy is None:
+            append_rows(self.session, ExportItem.__table__, ITEM_COLUMNS, rows)
+            return
+        write_row = self._copy.write_row
+        for row in rows:
+            write_row(row)
+
+    def finish(self) -> None:
+        if self._raw is not None:
+            self._copy_context.__exit__(None, None, None)
+            self._raw.commit()
+            self._close()
+
+    def abort(self) -> None:
+        if self._raw is not None:
+            try:
+                self._copy_context.__exit__(RuntimeError, RuntimeError("export failed"), None)
+            except Exception:  # noqa: BLE001 - the COPY is being cancelled; the rollback below is what matters
+                pass
+            self._close()
+
+    def _close(self) -> None:
+        raw, self._raw = self._raw, None
+        try:
+            raw.rollback()
+        finally:
+            raw.close()
+
+
+def analyze(session: Session, table: Table) -> None:
+    """Statistics for a filled temporary table (autovacuum never sees one), so the join that sorts by place
+    is planned on real row counts."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f'ANALYZE "{table.name}"'))
 
 
 def group_sizes(session: Session, table: Table) -> dict[str, int]:
