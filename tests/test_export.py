@@ -277,3 +277,35 @@ def test_dedup_computes_missing_embeddings_and_reuses_stored_ones(sqlite_store, 
         stored = s.scalars(
             select(m.ImageEmbedding.image_id).where(m.ImageEmbedding.model_version == clip.version)).all()
     assert set(stored) == {a_id, b_id, c_id}
+
+
+def test_location_line_template_matches_the_format():
+    """The location pass writes lines from a template; it must spell every value as Example.to_line does."""
+    from curation.export import _location_line
+    from geocurate.export_format import Answer, Example
+
+    cases = [("Kraków", 50.06, 19.94, 0.1234567891, "locatable", 'city:PL:krakow'),
+             (None, -8.0, 1e-7, 1.0, None, "h3:85"),
+             ('Quote " back\\slash\ttab', None, None, 0.5, "", "city:FR:x"),
+             ("東京", 35.0, 139.0, float("nan"), None, "city:JP:?")]
+    for city, lat, lon, loc, label, place in cases:
+        example = Example(id="f" * 64, image=f"images/{'f' * 64}.jpg", prompt=PROMPT,
+                          answer=Answer("Japan", city, "Main geographic evidence: road."), country_code="JP",
+                          city=city, lat=lat, lon=lon,
+                          meta={"locatability": round(float(loc), 6), "place": place,
+                                **({"human_label": label} if label else {})})
+        line = _location_line("f" * 64, f"images/{'f' * 64}.jpg", '"Japan"', '"JP"', city,
+                              "Main geographic evidence: road.", lat, lon, loc, place, label)
+        assert line == example.to_line()
+
+
+def test_failed_links_fail_the_export(tmp_path):
+    """Links are made by a child process: its errors must reach the caller."""
+    from curation.export import _ImagePlacer, _HashedWriter
+
+    placer = _ImagePlacer(tmp_path / "x", "link", _HashedWriter(tmp_path / "x" / "listing"))
+    (tmp_path / "x" / "images" / "ab.jpg").write_text("in the way")
+    placer.request_link("ab", "/data/ab.jpg")
+    with pytest.raises(OSError, match="making image links failed"):
+        placer.wait()
+    placer.close()
