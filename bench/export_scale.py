@@ -9,7 +9,13 @@ every 100th image is planted as a near-copy (cosine ~0.999) of its predecessor i
 dedup must remove exactly the planted copies. Dedup is blocked: exact greedy suppression within each place (city or
 H3 cell), which is where copies of one panorama are.
 
-    .venv/bin/python bench/export_scale.py [--rows 1000000] [--baseline-rows 100000] [--dim 64]
+Symlinks are the export's floor (one journaled directory insert each; their cost depends on the disk and its load,
+20 µs on tmpfs, 60-300 µs on this project's busy ext4 VM disk), so the bench also times bare `os.symlink` calls for
+as many links, in one fresh directory on the same filesystem, in the same run: the export cannot be faster than that.
+Peak memory is the exporting process's; its link-making child is a bare interpreter (`python -I -S`, ~9 MiB
+resident) reading the spool 1 MiB at a time. (RUSAGE_CHILDREN would count the parent's image forked before exec.)
+
+    .venv/bin/python bench/export_scale.py [--rows 1000000] [--baseline-rows 100000] [--dim 64] [--out-dir DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 
 from bench.db_ingest import drop, fresh_database  # noqa: E402
 from curation.embeddings import store_embeddings  # noqa: E402
@@ -87,6 +94,23 @@ def populate(url: str, rows: int, baseline_rows: int, dim: int) -> int:
     return planted
 
 
+def analyze(url: str) -> None:
+    """Planner statistics, as autovacuum would have them on a store loaded over time."""
+    with session_scope(url) as session:
+        session.execute(text("ANALYZE"))
+
+
+def link_floor(out_dir: str, count: int) -> float:
+    """Seconds for `count` bare symlinks in one new directory under out_dir (what an export's images/ costs)."""
+    folder = tempfile.mkdtemp(prefix="link-floor-", dir=out_dir)
+    start = time.perf_counter()
+    for i in range(count):
+        os.symlink(f"/bench/images/{i}.jpg", f"{folder}/{i:064x}.jpg")
+    seconds = time.perf_counter() - start
+    shutil.rmtree(folder)
+    return seconds
+
+
 def run_export(url: str, name: str, version: str, out_dir: str) -> dict:
     """One export in a child process, so that its wall time and peak memory are its own."""
     start = time.perf_counter()
@@ -105,7 +129,8 @@ def child(url: str, name: str, version: str, out_dir: str) -> None:
     result = build_export(url, name, threshold=0.4, scorer_version=version, out_dir=Path(out_dir),
                           embedding_version=EMBEDDING_VERSION)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(json.dumps({"build_seconds": time.perf_counter() - start, "peak_mib": peak_mib, "counts": result.counts,
+    print(json.dumps({"build_seconds": time.perf_counter() - start, "peak_mib": peak_mib,
+                      "counts": result.counts,
                       "removed": result.removed_duplicates, "hash": result.content_hash}))
 
 
@@ -117,17 +142,22 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--baseline-rows", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--out-dir", default=None, help="where exports are written (default: the temp directory)")
     args = parser.parse_args()
 
     url = fresh_database()
-    out_dir = tempfile.mkdtemp(prefix="geocurate-bench-export-")
+    out_dir = tempfile.mkdtemp(prefix="geocurate-bench-export-", dir=args.out_dir)
     try:
         start = time.perf_counter()
         planted = populate(url, args.rows, args.baseline_rows, args.dim)
+        analyze(url)
         print(f"setup: {args.rows:,} images + scores + {args.dim}-d embeddings via COPY in "
-              f"{time.perf_counter() - start:.1f} s")
+              f"{time.perf_counter() - start:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         small = run_export(url, "small", "small", out_dir)
         big = run_export(url, "big", "big", out_dir)
+        links = big["counts"]["images"]
+        floor = link_floor(out_dir, links)
+        load = os.getloadavg()[0]
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
         drop(url)
@@ -136,6 +166,8 @@ def main() -> None:
         print(f"{label:8s}: {rows:>9,} scored rows -> {kept:,} exported, {r['removed']:,} near-duplicates removed; "
               f"{r['seconds']:.1f} s wall ({r['build_seconds']:.1f} s in build_export), "
               f"peak RSS {r['peak_mib']:.0f} MiB")
+    print(f"link floor: {links:,} bare os.symlink calls in one directory on the same filesystem: {floor:.1f} s "
+          f"({floor / links * 1e6:.0f} µs each); load average {load:.1f} at the end")
     big_planted = planted
     assert big["removed"] == big_planted, (big["removed"], big_planted)
     print(f"planted near-copies at {args.rows:,}: {big_planted:,}, removed: {big['removed']:,}")
