@@ -137,6 +137,8 @@ def test_corpus_agreement_is_at_least_95_percent(gazetteer):
 def test_gazetteer_is_cached_on_disk(gazetteer, gazetteer_dir, monkeypatch):
     from curation.clues import gazetteer as module
 
+    # the session's gazetteer may come from another test's data dir (it is process-wide): make sure this one is built
+    module.load_gazetteer(gazetteer_dir)
     monkeypatch.setattr(module, "build_entries", lambda: pytest.fail("rebuilt instead of read from the cache"))
     again = module.load_gazetteer(gazetteer_dir)
     assert again.version == gazetteer.version
