@@ -21,32 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+from bench.db_ingest import drop, fresh_database  # noqa: E402
+from db.engine import session_scope  # noqa: E402
 
-from db.engine import dispose_all, session_scope  # noqa: E402
-from db.migrate import upgrade  # noqa: E402
-
-PG_SERVER = os.environ.get("GEOCURATE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("GEOCURATE_BENCH_REDIS", "redis://127.0.0.1:6379/13")
 MODEL_SETTINGS = {"GEOCURATE_DEMO_MODELS": "1", "GEOCURATE_SEGMENTER": "maskformer",
                   "GEOCURATE_SCORE_DTYPE": "float32", "GEOCURATE_DEVICE": "cpu"}
-
-
-def fresh_database() -> str:
-    name = f"geocurate_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return f"{PG_SERVER}/{name}"
-
-
-def drop(url: str) -> None:
-    dispose_all()
-    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def measure(workers_count: int, images_dir: Path, base: Path, args: argparse.Namespace) -> tuple[int, float]:
@@ -68,7 +48,6 @@ def measure(workers_count: int, images_dir: Path, base: Path, args: argparse.Nam
     settings = reload_settings()
     workers = LocalWorkers(env, base / f"logs-{workers_count}")
     try:
-        upgrade(url)
         with session_scope(url) as session:
             ingest_images(session, discover_images(images_dir))
         names = [f"bench{workers_count}-{i}" for i in range(workers_count)]
