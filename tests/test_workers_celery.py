@@ -129,6 +129,19 @@ def two_workers(worker_env: dict[str, str]) -> Iterator[Workers]:
         workers.stop_all()
 
 
+def first_claimed_score_batch(url: str, run_id: int) -> int:
+    """Poll until a worker holds one of the run's score batches (so a signal lands mid-batch); its id."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        with session_scope(url) as session:
+            batch_id = session.scalar(select(Batch.id).where(
+                Batch.run_id == run_id, Batch.step == "score", Batch.status == "claimed"))
+        if batch_id is not None:
+            return batch_id
+        assert time.monotonic() < deadline, "the score step never started"
+        time.sleep(0.02)
+
+
 def score_rows(url: str) -> list[tuple]:
     with session_scope(url) as session:
         return session.execute(
@@ -267,15 +280,7 @@ def test_a_worker_killed_mid_batch_then_reconcile_scores_every_image_once(worker
         write_images(tmp_path / "images", 60, seed=4)
         run_id = run_pipeline(tmp_path / "images", settings=settings)
         url = settings.database_url
-        deadline = time.monotonic() + RUN_TIMEOUT
-        killed_batch = None
-        while killed_batch is None:
-            with session_scope(url) as session:
-                killed_batch = session.scalar(select(Batch.id).where(
-                    Batch.run_id == run_id, Batch.step == "score", Batch.status == "claimed"))
-            assert time.monotonic() < deadline, "the score step never started"
-            if killed_batch is None:
-                time.sleep(0.02)
+        killed_batch = first_claimed_score_batch(url, run_id)
         workers.kill("victim")
         with session_scope(url) as session:
             victim = session.get(Batch, killed_batch)
@@ -323,15 +328,7 @@ def test_sigterm_gives_the_running_batch_back_and_the_next_worker_does_it(worker
         workers.wait_ready("first")
         write_images(tmp_path / "images", 30, seed=5)
         run_id = run_pipeline(tmp_path / "images", settings=settings)
-        deadline = time.monotonic() + RUN_TIMEOUT
-        in_progress = None
-        while in_progress is None:
-            with session_scope(url) as session:
-                in_progress = session.scalar(select(Batch.id).where(
-                    Batch.run_id == run_id, Batch.step == "score", Batch.status == "claimed"))
-            assert time.monotonic() < deadline, "the score step never started"
-            if in_progress is None:
-                time.sleep(0.02)
+        in_progress = first_claimed_score_batch(url, run_id)
         workers.terminate("first")
         with session_scope(url) as session:
             status = session.scalar(select(Batch.status).where(Batch.id == in_progress))
