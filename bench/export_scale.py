@@ -10,9 +10,9 @@ dedup must remove exactly the planted copies. Dedup is blocked: exact greedy sup
 H3 cell), which is where copies of one panorama are.
 
 Symlinks are the export's floor (one journaled directory insert each; their cost depends on the disk and its load,
-20 µs on tmpfs, 60-300 µs on this project's busy ext4 VM disk, and
-600-900 µs for minutes in new directories near a just-deleted export of 600k links), so the bench also times bare `os.symlink` calls for
-as many links, in one fresh directory on the same filesystem, in the same run: the export cannot be faster than that.
+20 µs on tmpfs, 60-300 µs on this project's busy ext4 VM disk, and 600-900 µs for minutes in new directories near a
+just-deleted export of 600k links), so the bench also times bare `os.symlink` calls for as many links, in one fresh
+directory on the same filesystem, in the same run: the export cannot be faster than that.
 Peak memory is the exporting process's; its link-making child is a bare interpreter (`python -I -S`, ~9 MiB
 resident) reading the spool 1 MiB at a time. (RUSAGE_CHILDREN would count the parent's image forked before exec.)
 
