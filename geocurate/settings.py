@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     label_studio_image_url_prefix: str | None = Field(
         None, description="URL prefix for images on object storage/HTTP; used instead of local files when set."
     )
+    review_project_prefix: str = Field(
+        "geocurate", min_length=1, max_length=100,
+        description="Start of the Label Studio project titles (\"<prefix>: locatability review\"). Projects are found"
+        " by title: stores that share one Label Studio need different prefixes.",
+    )
     review_overlap: int = Field(1, description="Annotators per review task.")
     webhook_secret: SecretStr | None = Field(None, description="Shared secret Label Studio sends to the webhook receiver.")
     webhook_host: str = Field("127.0.0.1", description="Bind address of the webhook receiver.")

@@ -61,7 +61,7 @@ ENTITY_SPAN_LABELS = {
 @dataclass(frozen=True)
 class ReviewInterface:
     kind: str  # image / clue: the review_tasks.item_kind it serves
-    project_title: str
+    title: str  # the project's title after the store's prefix (review_project_prefix)
     xml: str
     object_name: str  # the tag the controls point to
     choice_control: str
@@ -73,6 +73,10 @@ class ReviewInterface:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.choices.values()))
+
+    def project_title(self, prefix: str) -> str:
+        """Projects are found by title, so the prefix keeps the projects of stores sharing a Label Studio apart."""
+        return f"{prefix}: {self.title}"
 
     def choice_for(self, label: str) -> str:
         return {v: k for k, v in self.choices.items()}[label]
@@ -100,7 +104,7 @@ class ReviewInterface:
 
 IMAGE_REVIEW = ReviewInterface(
     kind="image",
-    project_title="geocurate: locatability review",
+    title="locatability review",
     xml=IMAGE_CONFIG,
     object_name="image",
     choice_control="locatability",
@@ -111,7 +115,7 @@ IMAGE_REVIEW = ReviewInterface(
 
 CLUE_REVIEW = ReviewInterface(
     kind="clue",
-    project_title="geocurate: clue review",
+    title="clue review",
     xml=CLUE_CONFIG,
     object_name="clue",
     choice_control="geo",

@@ -21,9 +21,10 @@ SECRET_HEADER = "X-Geocurate-Secret"
 
 
 def find_project(client: "LabelStudio", interface: ReviewInterface, settings: Settings) -> int | None:
-    pager = call("list projects", lambda: client.projects.list(title=interface.project_title, page_size=100), settings)
+    title = interface.project_title(settings.review_project_prefix)
+    pager = call("list projects", lambda: client.projects.list(title=title, page_size=100), settings)
     for project in pager.items or []:
-        if project.title == interface.project_title:
+        if project.title == title:
             return project.id
     return None
 
@@ -31,6 +32,7 @@ def find_project(client: "LabelStudio", interface: ReviewInterface, settings: Se
 def ensure_project(client: "LabelStudio", interface: ReviewInterface, settings: Settings) -> int:
     """The project for this interface, created on first use; its overlap follows `review_overlap`."""
     project_id = find_project(client, interface, settings)
+    title = interface.project_title(settings.review_project_prefix)
     options: dict[str, Any] = dict(
         maximum_annotations=max(1, settings.review_overlap),
         show_collab_predictions=True,
@@ -40,7 +42,7 @@ def ensure_project(client: "LabelStudio", interface: ReviewInterface, settings: 
     )
     if project_id is None:
         project = call("create project", lambda: client.projects.create(
-            title=interface.project_title, description=interface.description, label_config=interface.xml, **options
+            title=title, description=interface.description, label_config=interface.xml, **options
         ), settings)
         project_id = project.id
     else:

@@ -76,11 +76,16 @@ def agreement(tasks: Sequence[Sequence[tuple[str, str]]]) -> tuple[float | None,
     return fleiss_kappa(used), "fleiss", len(used)
 
 
-def review_stats(session: Session) -> list[ProjectStats]:
+def review_stats(session: Session, project_prefix: str | None = None) -> list[ProjectStats]:
+    if project_prefix is None:
+        from geocurate.settings import get_settings
+
+        project_prefix = get_settings().review_project_prefix
     counts = state_counts(session)
     result = []
     for kind, interface in INTERFACES.items():
-        stats = ProjectStats(kind=kind, project_title=interface.project_title, states=counts.get(kind, {}))
+        stats = ProjectStats(kind=kind, project_title=interface.project_title(project_prefix),
+                             states=counts.get(kind, {}))
         grouped = annotations_by_task(session, kind)
         answers = [[(a.annotator or f"annotation {a.ls_annotation_id}", a.label) for a in annotations if a.label]
                    for annotations in grouped.values()]

@@ -19,11 +19,12 @@ from sqlalchemy import func, select
 from db.engine import session_scope
 from db.models import Annotation, Clue, Quarantine, ReviewTask, Score
 from db.review import human_labels
-from geocurate.settings import reload_settings
+from geocurate.settings import get_settings, reload_settings
 from labeling.client import LabelStudioUnavailable, make_client
 from labeling.configs import CLUE_REVIEW, IMAGE_REVIEW
 from labeling.pull import pull_annotations
 from labeling.push import push_tasks
+from tests.conftest import make_store
 from tests.labeling_seed import route, seed_clues, seed_images
 
 pytest_plugins = ["tests.labelstudio_server"]
@@ -32,7 +33,9 @@ pytestmark = pytest.mark.labelstudio
 
 # --- helpers ----------------------------------------------------------------------------------------------------
 
-def project_tasks(client, title: str) -> list:
+def project_tasks(client, interface) -> list:
+    """Every task of the interface's project under the configured title prefix."""
+    title = interface.project_title(get_settings().review_project_prefix)
     project = next(p for p in client.projects.list(page_size=100).items if p.title == title)
     tasks, page = [], 1
     while True:
@@ -151,8 +154,8 @@ def test_push_twice_gives_each_item_exactly_one_task_with_the_machines_predictio
     assert (first.created, first.reconciled, first.quarantined) == (5, 0, 0)
     assert (second.created, second.reconciled) == (0, 0)
     client = make_client()
-    images = project_tasks(client, IMAGE_REVIEW.project_title)
-    clues = project_tasks(client, CLUE_REVIEW.project_title)
+    images = project_tasks(client, IMAGE_REVIEW)
+    clues = project_tasks(client, CLUE_REVIEW)
     assert sorted(t.data["geocurate_id"] for t in images) == [f"image:{i}" for i in sorted(image_ids[1:4])]
     assert sorted(t.data["geocurate_id"] for t in clues) == [f"clue:{i}" for i in sorted(clue_ids)]
     rows = review_rows(store_url)
@@ -188,7 +191,7 @@ def test_a_push_that_died_before_recording_ids_adopts_its_tasks_instead_of_dupli
     again = push_tasks(sqlite_store)
 
     assert (again.created, again.reconciled) == (0, 3)
-    assert len(project_tasks(make_client(), IMAGE_REVIEW.project_title)) == 3
+    assert len(project_tasks(make_client(), IMAGE_REVIEW)) == 3
     assert all(r.ls_task_id for r in review_rows(sqlite_store).values())
 
 
@@ -242,6 +245,41 @@ def test_pull_stores_new_updated_and_deleted_annotations(store_url, label_studio
         assert session.scalar(select(func.count()).select_from(Annotation)) == 0
         assert human_labels(session, "image") == {}
         assert session.scalar(select(ReviewTask.state)) == "pending"
+
+
+def test_stores_sharing_one_label_studio_keep_apart_by_project_prefix(sqlite_store, tmp_path, label_studio,
+                                                                      monkeypatch):
+    """Both stores have an image 1; with the same titles each would pull the other's annotations."""
+    (tmp_path / "second").mkdir()
+    second_store = make_store("sqlite", tmp_path / "second")
+    stores = {"team-a": sqlite_store, "team-b": next(second_store)}
+    labels = {"team-a": "not_locatable", "team-b": "locatable"}
+
+    def as_team(prefix: str) -> str:
+        monkeypatch.setenv("GEOCURATE_REVIEW_PROJECT_PREFIX", prefix)
+        reload_settings()
+        return stores[prefix]
+
+    image_ids = {}
+    for seed, prefix in enumerate(stores):
+        url = as_team(prefix)
+        [image_ids[prefix]] = seed_images(url, label_studio.image_root / "streets", [0.45], first_seed=seed)
+        route(url)
+        assert push_tasks(url).created == 1
+    client = make_client()
+    for prefix, url in stores.items():
+        as_team(prefix)
+        [task] = project_tasks(client, IMAGE_REVIEW)
+        assert task.data["geocurate_id"] == f"image:{image_ids[prefix]}"
+        annotate(client, task.id, IMAGE_REVIEW, labels[prefix])
+
+    for prefix, url in stores.items():
+        as_team(prefix)
+        assert pull_annotations(url).annotations == 1
+        with session_scope(url) as session:
+            assert human_labels(session, "image") == {image_ids[prefix]: (labels[prefix], None)}
+    assert image_ids["team-a"] == image_ids["team-b"]
+    second_store.close()
 
 
 def test_two_annotators_disagreeing_stay_in_review_and_agreeing_decide(sqlite_store, label_studio, monkeypatch):
@@ -403,19 +441,19 @@ def test_5xx_during_push_is_retried_and_a_lasting_outage_leaves_a_consistent_sto
     proxy.fail("POST", r"/api/projects/\d+/import", times=1, applied=True)  # imported, but the answer is lost
     lost = push_tasks(sqlite_store, chunk_size=2, limit=1)
     assert (lost.created, lost.reconciled) == (0, 1)  # adopted on retry, not imported twice
-    assert len(project_tasks(make_client(), IMAGE_REVIEW.project_title)) == 3
+    assert len(project_tasks(make_client(), IMAGE_REVIEW)) == 3
 
     proxy.heal()
     proxy.fail("POST", r"/api/projects/\d+/import", after=1)  # the next chunk goes through, then it is down
     with pytest.raises(LabelStudioUnavailable, match="rerun"):
         push_tasks(sqlite_store, chunk_size=1)
     assert sum(1 for r in review_rows(sqlite_store).values() if r.ls_task_id) == 5 - 1  # exactly what exists there
-    assert len(project_tasks(make_client(), IMAGE_REVIEW.project_title)) == 4
+    assert len(project_tasks(make_client(), IMAGE_REVIEW)) == 4
 
     proxy.heal()
     rerun = push_tasks(sqlite_store, chunk_size=2)
     assert rerun.created == 1
-    tasks = project_tasks(make_client(), IMAGE_REVIEW.project_title)
+    tasks = project_tasks(make_client(), IMAGE_REVIEW)
     assert len(tasks) == 5 and len({t.data["geocurate_id"] for t in tasks}) == 5
     assert all(r.ls_task_id for r in review_rows(sqlite_store).values())
 
