@@ -26,8 +26,13 @@ from db.scores import (
     register_scorer_version,
     scored_image_ids,
     scorer_params,
+    scorer_versions,
     unscored_image_ids,
 )
+
+# Scorer parameters applied to stored class ratios; every other one (models, checkpoints, prompts, mask generator)
+# changes the ratios themselves.
+APPLIED_TO_RATIOS = ("weights", "threshold", "review_band")
 
 
 @dataclass
@@ -89,6 +94,25 @@ def score_images(session: Session, scorer: Scorer, image_ids: Sequence[int]) -> 
     if embedding_version and vectors:
         store_embeddings(session, vectors, embedding_version)
     return summary
+
+
+def carry_over_scores(session: Session, scorer_version: str, params: dict[str, Any], weights: Sequence[float]) -> int:
+    """Give images scored under an earlier version with the same segmentation a row under `scorer_version`,
+    computed from their stored class ratios in the database (no model). Without it, changing the threshold, the
+    review band or the weights would leave every image scored before out of the new version's routing and exports,
+    or send them all through the segmenter again. Images segmented differently are left to `unscored_image_ids`.
+    Returns the rows added (0 once everything is carried over: only missing rows are computed)."""
+    checked = validate_weights(list(weights))
+    if weights_digest(checked) != params["weights"]:
+        raise ValueError(f"these weights are not the ones of scorer {scorer_version}")
+    register_scorer_version(session, scorer_version, params)
+    segmentation = {k: v for k, v in params.items() if k not in APPLIED_TO_RATIOS}
+    low, high = params["review_band"]
+    added = 0
+    for version, other in scorer_versions(session):
+        if version != scorer_version and {k: v for k, v in other.items() if k not in APPLIED_TO_RATIOS} == segmentation:
+            added += insert_rescored(session, version, scorer_version, checked, params["threshold"], low, high)
+    return added
 
 
 def rescore_from_ratios(session: Session, weights: Sequence[float], scorer_version_from: str,

@@ -29,6 +29,13 @@ def scorer_params(session: Session, version: str) -> dict[str, Any] | None:
     return session.scalar(select(ScorerVersion.params).where(ScorerVersion.version == version))
 
 
+def scorer_versions(session: Session) -> list[tuple[str, dict[str, Any]]]:
+    """(version, params) of every registered scorer, newest first."""
+    rows = session.execute(select(ScorerVersion.version, ScorerVersion.params)
+                           .order_by(ScorerVersion.created_at.desc(), ScorerVersion.version))
+    return [(version, params) for version, params in rows]
+
+
 def scored_image_ids(session: Session, scorer_version: str, image_ids: Iterable[int]) -> set[int]:
     ids = list(image_ids)
     found: set[int] = set()
@@ -89,6 +96,7 @@ def insert_rescored(session: Session, source_version: str, target_version: str, 
             SELECT s.image_id, s.class_ratios,
                    COALESCE((SELECT {weight_sql} FROM {each}(s.class_ratios) AS j {join}), 0.0) AS loc
             FROM scores AS s WHERE s.scorer_version = :source AND s.image_id BETWEEN :first AND :last
+              AND NOT EXISTS (SELECT 1 FROM scores AS t WHERE t.image_id = s.image_id AND t.scorer_version = :target)
         ) AS r
         WHERE true
         ON CONFLICT (image_id, scorer_version) DO NOTHING

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from curation.locatability import locatability
-from curation.score_store import pending_image_ids, rescore_from_ratios, score_images
+from curation.score_store import carry_over_scores, pending_image_ids, rescore_from_ratios, score_images
 from curation.scoring import Scorer, decide
 from db.engine import session_scope
 from db.models import Image, ImageEmbedding, Quarantine, Score, ScorerVersion
@@ -74,6 +74,40 @@ def test_changed_setting_scores_again_under_a_new_version(store_url, demo_env, t
     with session_scope() as session:
         assert session.scalar(select(func.count(func.distinct(Score.scorer_version)))) == 2
         assert session.scalar(select(func.count()).select_from(Score)) == 4
+
+
+def test_changed_threshold_carries_earlier_scores_over_without_segmenting_again(store_url, demo_env, tmp_path,
+                                                                               monkeypatch):
+    write_images(tmp_path / "images", 3)
+    run("ingest", "images", str(tmp_path / "images"))
+    run("score")
+    with session_scope() as session:
+        [(old_version, old_params)] = session.execute(select(ScorerVersion.version, ScorerVersion.params)).all()
+        old = {s.image_id: s for s in session.scalars(select(Score))}
+
+    def no_segmenting(*args, **kwargs):
+        raise AssertionError("a new threshold must not segment the images again")
+
+    import curation.segmenters.sam
+
+    monkeypatch.setattr(curation.segmenters.sam.SamSegmenter, "segment", no_segmenting)
+    monkeypatch.setenv("GEOCURATE_THRESHOLD", "0.2")
+    monkeypatch.setenv("GEOCURATE_REVIEW_BAND_LOW", "0.15")
+    monkeypatch.setenv("GEOCURATE_REVIEW_BAND_HIGH", "0.25")
+    settings = reload_settings()
+    assert "carried over 3 from stored class ratios, scored 0" in run("score")
+    assert "carried over 0 from stored class ratios, scored 0" in run("score")  # nothing left to carry
+    with session_scope() as session:
+        [(new_version, new_params)] = session.execute(select(ScorerVersion.version, ScorerVersion.params)
+                                                      .where(ScorerVersion.version != old_version)).all()
+        new = {s.image_id: s for s in session.scalars(select(Score).where(Score.scorer_version == new_version))}
+        with pytest.raises(ValueError, match="not the ones of scorer"):
+            carry_over_scores(session, new_version, new_params, [0.5] * 150)
+    assert new_params == {**old_params, "threshold": 0.2, "review_band": [0.15, 0.25]}
+    assert set(new) == set(old)
+    for image_id, score in new.items():
+        assert score.locatability == pytest.approx(old[image_id].locatability, abs=1e-12)
+        assert score.decision == decide(score.locatability, settings)
 
 
 def test_score_image_prints_json_lines(demo_env, tmp_path):

@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from db import batches
 from db.engine import session_scope
-from db.models import Batch, Quarantine, Run, TaskFailure, utcnow
+from db.models import Batch, Quarantine, Run, Score, ScorerVersion, TaskFailure, utcnow
 from db.quarantine import quarantine
 from geocurate.settings import get_settings, reload_settings
 from workers import pipeline, steps
@@ -318,6 +318,26 @@ def test_geocurate_run_embedded_on_sqlite_goes_from_folder_to_export(tmp_path, m
     second = pipeline.run_progress(2)["summary"]
     assert second["ingest"]["totals"]["added"] == 0 and second["ingest"]["totals"]["duplicates"] == readable
     assert "score" not in second or second["score"]["totals"].get("scored", 0) == 0
+
+    # A new threshold is a new scorer version: the next run's new images are scored under it, and the images scored
+    # before join it from their stored class ratios, so that its export covers them too.
+    monkeypatch.setenv("GEOCURATE_THRESHOLD", "0.2")
+    reload_settings()
+    more = generate_sample(tmp_path / "more", n_images=4, n_clues=4, seed=4)
+    third = CliRunner().invoke(app, ["run", str(more.images_dir), "--metadata", str(more.metadata_csv),
+                                     "--export", "third"])
+    assert third.exit_code == 0, third.output + repr(third.exception)
+    summary = pipeline.run_progress(3)["summary"]
+    added = len(more.readable_images) - len(more.invalid_coordinate_rows)
+    assert summary["score"]["totals"]["scored"] == added
+    assert summary["route"]["totals"]["carried_over"] == readable
+    with session_scope() as session:
+        from workers.steps import scorer_version_of
+
+        version = scorer_version_of(session, 3)
+        assert session.get(ScorerVersion, version).params["threshold"] == 0.2
+        assert session.scalar(select(func.count()).select_from(Score).where(Score.scorer_version == version)) == (
+            readable + added)
 
 
 def test_status_tells_claims_whose_worker_died_from_live_ones(store_url: str) -> None:

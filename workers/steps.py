@@ -120,6 +120,19 @@ def scorer_version_of(session: Session, run_id: int) -> str | None:
 
 # --- route -----------------------------------------------------------------------------------------------------------
 
+def carry_over(session: Session, version: str, settings: Settings) -> dict[str, Any]:
+    """Images scored before under the same segmentation join this run's scorer version (see carry_over_scores),
+    so that its routing and export cover them too."""
+    from curation.locatability import load_weights
+    from curation.score_store import carry_over_scores
+    from db.scores import scorer_params
+
+    try:
+        return {"carried_over": carry_over_scores(session, version, scorer_params(session, version),
+                                                  load_weights(settings))}
+    except ValueError as exc:  # the weights setting changed after this run scored
+        return {"carried_over": 0, "carry_over_skipped": str(exc)}
+
 def plan_single(session: Session, run_id: int, params: dict[str, Any], settings: Settings) -> Payloads:
     return [{}]
 
@@ -130,7 +143,8 @@ def work_route(session: Session, claim: Claim, params: dict[str, Any], settings:
     version = scorer_version_of(session, claim.run_id)
     if version is None:
         return {"routed": 0, "reason": "nothing was scored in this run"}
-    result = {"scorer_version": version, **as_counts(route_for_review(session, version, settings))}
+    result = {"scorer_version": version, **carry_over(session, version, settings)}
+    result.update(as_counts(route_for_review(session, version, settings)))
     if settings.label_studio_url:
         from labeling.push import push_tasks
 

@@ -28,10 +28,11 @@ def score_image(paths: list[Path] = typer.Argument(..., help="Image files to sco
 
 
 def score(limit: int = typer.Option(None, help="Score at most this many images.")) -> None:
-    """Score every ingested, unscored image in the store, in batches of score_batch_size."""
+    """Score every image without a score under the configured scorer, in batches of score_batch_size. Images
+    scored before with the same models are carried over from their stored class ratios, without the models."""
     from rich.progress import Progress
 
-    from curation.score_store import ScoreSummary, pending_image_ids, score_images
+    from curation.score_store import ScoreSummary, carry_over_scores, pending_image_ids, score_images
     from curation.scoring import Scorer
     from db.engine import check_connection, session_scope
 
@@ -39,6 +40,7 @@ def score(limit: int = typer.Option(None, help="Score at most this many images."
     check_connection(settings.database_url)
     scorer = Scorer.from_settings(settings)
     with session_scope() as session:
+        carried = carry_over_scores(session, scorer.version, scorer.params, scorer.weights)
         pending = pending_image_ids(session, scorer.version, limit)
     total = ScoreSummary()
     with Progress(transient=True) as progress:
@@ -51,8 +53,8 @@ def score(limit: int = typer.Option(None, help="Score at most this many images."
             total.skipped += summary.skipped
             total.quarantined += summary.quarantined
             progress.advance(task, len(batch))
-    typer.echo(f"scorer {scorer.version}: scored {total.scored}, skipped {total.skipped}, "
-               f"quarantined {total.quarantined}")
+    typer.echo(f"scorer {scorer.version}: carried over {carried} from stored class ratios, scored {total.scored}, "
+               f"skipped {total.skipped}, quarantined {total.quarantined}")
 
 
 def rescore(
