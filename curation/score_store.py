@@ -106,13 +106,16 @@ def carry_over_scores(session: Session, scorer_version: str, params: dict[str, A
     if weights_digest(checked) != params["weights"]:
         raise ValueError(f"these weights are not the ones of scorer {scorer_version}")
     register_scorer_version(session, scorer_version, params)
-    segmentation = {k: v for k, v in params.items() if k not in APPLIED_TO_RATIOS}
     low, high = params["review_band"]
     added = 0
     for version, other in scorer_versions(session):
-        if version != scorer_version and {k: v for k, v in other.items() if k not in APPLIED_TO_RATIOS} == segmentation:
+        if version != scorer_version and _segmentation(other) == _segmentation(params):
             added += insert_rescored(session, version, scorer_version, checked, params["threshold"], low, high)
     return added
+
+
+def _segmentation(params: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in params.items() if key not in APPLIED_TO_RATIOS}
 
 
 def rescore_from_ratios(session: Session, weights: Sequence[float], scorer_version_from: str,

@@ -133,6 +133,7 @@ def carry_over(session: Session, version: str, settings: Settings) -> dict[str, 
     except ValueError as exc:  # the weights setting changed after this run scored
         return {"carried_over": 0, "carry_over_skipped": str(exc)}
 
+
 def plan_single(session: Session, run_id: int, params: dict[str, Any], settings: Settings) -> Payloads:
     return [{}]
 
