@@ -106,13 +106,27 @@ def worker_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         drop_pg_database(url)
 
 
-@pytest.fixture
-def use_env(worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
+def share_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
     """This test process sees the same settings as the workers (the autouse fixture cleared GEOCURATE_*)."""
-    for key, value in worker_env.items():
+    for key, value in env.items():
         if key.startswith("GEOCURATE_"):
             monkeypatch.setenv(key, value)
     return reload_settings()
+
+
+@pytest.fixture
+def use_env(worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
+    return share_settings(worker_env, monkeypatch)
+
+
+def private_workers(worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str,
+                    **settings: str):
+    """(queue prefix, settings, Workers) of one test: its own queue prefix, so the shared pair of workers never picks
+    up its batches; `settings` are GEOCURATE_* overrides for its workers and for the test process."""
+    prefix = f"gc-{name}-{uuid.uuid4().hex[:8]}-"
+    env = {**worker_env, "GEOCURATE_QUEUE_PREFIX": prefix, **settings}
+    (tmp_path / "logs").mkdir()
+    return prefix, share_settings(env, monkeypatch), Workers(env, tmp_path / "logs")
 
 
 @pytest.fixture(scope="module")
@@ -261,19 +275,11 @@ def test_the_same_message_delivered_twice_leaves_the_store_unchanged(two_workers
 def test_a_worker_killed_mid_batch_then_reconcile_scores_every_image_once(worker_env: dict[str, str],
                                                                           monkeypatch: pytest.MonkeyPatch,
                                                                           tmp_path: Path) -> None:
-    """Own prefix and workers: the shared pair must not pick up this run's batches."""
-    prefix = f"gc-kill-{uuid.uuid4().hex[:8]}-"
-    env = {**worker_env, "GEOCURATE_QUEUE_PREFIX": prefix, "GEOCURATE_LEASE_SECONDS": "4",
-           "GEOCURATE_BATCH_SIZE": "6"}
-    for key, value in env.items():
-        if key.startswith("GEOCURATE_"):
-            monkeypatch.setenv(key, value)
-    settings = reload_settings()
+    prefix, settings, workers = private_workers(worker_env, monkeypatch, tmp_path, "kill",
+                                                GEOCURATE_LEASE_SECONDS="4", GEOCURATE_BATCH_SIZE="6")
     from workers.app import sender_for
     from workers.pipeline import run_pipeline, wait_for_run
 
-    (tmp_path / "logs").mkdir()
-    workers = Workers(env, tmp_path / "logs")
     try:
         workers.start("victim")
         workers.wait_ready("victim")
@@ -312,16 +318,9 @@ def test_sigterm_gives_the_running_batch_back_and_the_next_worker_does_it(worker
     """SIGTERM to the whole worker (main process and pool child, as `docker stop` or systemd do): the batch in
     progress is released in the store and its message goes back to the broker, so the next worker does it without
     waiting for a lease or for reconcile."""
-    prefix = f"gc-term-{uuid.uuid4().hex[:8]}-"
-    env = {**worker_env, "GEOCURATE_QUEUE_PREFIX": prefix, "GEOCURATE_BATCH_SIZE": "5"}
-    for key, value in env.items():
-        if key.startswith("GEOCURATE_"):
-            monkeypatch.setenv(key, value)
-    settings = reload_settings()
+    prefix, settings, workers = private_workers(worker_env, monkeypatch, tmp_path, "term", GEOCURATE_BATCH_SIZE="5")
     from workers.pipeline import run_pipeline, wait_for_run
 
-    (tmp_path / "logs").mkdir()
-    workers = Workers(env, tmp_path / "logs")
     url = settings.database_url
     try:
         workers.start("first")
