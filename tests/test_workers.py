@@ -332,9 +332,7 @@ def test_geocurate_run_embedded_on_sqlite_goes_from_folder_to_export(tmp_path, m
     assert summary["score"]["totals"]["scored"] == added
     assert summary["route"]["totals"]["carried_over"] == readable
     with session_scope() as session:
-        from workers.steps import scorer_version_of
-
-        version = scorer_version_of(session, 3)
+        version = steps.scorer_version_of(session, 3)
         assert session.get(ScorerVersion, version).params["threshold"] == 0.2
         assert session.scalar(select(func.count()).select_from(Score).where(Score.scorer_version == version)) == (
             readable + added)
