@@ -157,8 +157,9 @@ class Quarantine(Base):
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     item_kind: Mapped[str] = mapped_column(String(20))  # image / clue / metadata
     reference: Mapped[str] = mapped_column(Text)  # raw input reference: path, file:line, sha256
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)  # a code from db.quarantine.REASONS
     detail: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(Text)  # where the item came from: file:line, folder
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

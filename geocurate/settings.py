@@ -67,6 +67,19 @@ class Settings(BaseSettings):
     review_band_low: float = Field(0.3, description="Scores in [low, high) are sent to human review.")
     review_band_high: float = Field(0.5, description="Upper bound (exclusive) of the review band.")
     min_image_side: int = Field(32, description="Images whose shorter side is below this many pixels are quarantined.")
+    max_image_pixels: int = Field(
+        100_000_000, gt=0,
+        description="Images with more pixels (width × height, read from the header) are quarantined at ingest as"
+        " `too_large`, before they are decoded.",
+    )
+    score_max_side: int = Field(
+        1024, ge=64,
+        description="Working size: images are scaled down so their longer side is at most this many pixels before"
+        " segmentation (SAM sees 1024 px anyway), so memory per image is bounded whatever the file's size.",
+    )
+    allow_outside_root: bool = Field(
+        False, description="Ingest symlinks that point outside the ingested folder (else quarantined as `outside_root`)."
+    )
 
     # --- clues -----------------------------------------------------------------------------------------------------
     spacy_model: str | None = Field(
@@ -81,11 +94,16 @@ class Settings(BaseSettings):
     )
     result_backend: str | None = Field(None, description="Celery result backend; defaults to the broker when Redis.")
     batch_size: int = Field(32, description="Images per pipeline batch (one task message).")
-    lease_seconds: int = Field(900, description="How long a worker's claim on a batch lasts before reconcile re-queues it.")
+    lease_seconds: int = Field(
+        60, gt=0, description="How long a worker's claim on a batch lasts without a heartbeat before reconcile re-queues it."
+    )
+    heartbeat_seconds: float = Field(
+        15, gt=0, description="How often a working worker renews its claim's lease (must be well below the lease)."
+    )
     visibility_timeout: int = Field(
         3600, description="Redis visibility timeout (s); must exceed the longest batch and every ETA."
     )
-    reconcile_interval: int = Field(60, description="Seconds between periodic reconcile and annotation-sync runs.")
+    reconcile_interval: int = Field(30, description="Seconds between periodic reconcile and annotation-sync runs.")
     worker_max_tasks_per_child: int = Field(100, description="Recycle a worker child after this many tasks.")
     task_max_retries: int = Field(5, description="Retries for transient failures (database, Label Studio 5xx).")
     retry_backoff_max: int = Field(300, description="Largest retry delay in seconds (exponential backoff with jitter).")
@@ -113,6 +131,9 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(None, description="Shared secret Label Studio sends to the webhook receiver.")
     webhook_host: str = Field("127.0.0.1", description="Bind address of the webhook receiver.")
     webhook_port: int = Field(8765, description="Port of the webhook receiver.")
+    webhook_max_body_bytes: int = Field(
+        1_000_000, gt=0, description="Largest webhook request body accepted; larger ones get 413 without being read."
+    )
     webhook_url: str | None = Field(
         None,
         description="URL at which Label Studio reaches the webhook receiver (e.g. http://geocurate-webhook:8765/webhook);"

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 00:54:05.438544
+Create Date: 2026-11-30 20:24:37.919852
 """
 from alembic import op
 import sqlalchemy as sa
@@ -67,6 +67,7 @@ def upgrade() -> None:
     sa.Column('reference', sa.Text(), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('detail', sa.Text(), nullable=True),
+    sa.Column('source', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('fingerprint')
