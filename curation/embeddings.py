@@ -13,6 +13,7 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from curation.files import local_path
 from db.models import Image, ImageEmbedding
 
 if TYPE_CHECKING:  # torch costs ~500 MiB of memory: readers of stored vectors (exports) never need it
@@ -58,7 +59,7 @@ def image_embeddings(session: Session, image_ids: Iterable[int], clip: ClipModel
         batch_ids, images = [], []
         for image_id in missing[start : start + CHUNK]:
             try:
-                with PILImage.open(uris[image_id]) as im:
+                with PILImage.open(local_path(uris[image_id])) as im:
                     images.append(im.convert("RGB"))
                 batch_ids.append(image_id)
             except (OSError, KeyError, ValueError):

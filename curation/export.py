@@ -39,6 +39,7 @@ from curation.countries import country_name, is_country_code
 from curation.decisions import DROP_LABELS, decided_images, not_quarantined
 from curation.dedup import near_duplicates, small_products
 from curation.embeddings import to_vector
+from curation.files import local_path
 from curation.splits import assign_groups, group_key, parse_split
 from db import exports as store
 from db.engine import session_scope
@@ -251,7 +252,7 @@ class _ImagePlacer:
     def request_link(self, sha256: str, uri: str) -> None:
         # os.path.abspath is the identity on an already normal absolute path (the usual uri), and costs 6 µs
         normal = uri[:1] == "/" and "/." not in uri and "//" not in uri and uri[-1:] != "/"
-        self.linker.link(uri if normal else os.path.abspath(uri), self._name(sha256, uri))
+        self.linker.link(uri if normal else os.path.abspath(local_path(uri)), self._name(sha256, uri))
 
     def list_linked(self, sha256: str, uri: str) -> str:
         """Relative path of an image whose link was requested; listed in images.sha256."""
@@ -295,7 +296,7 @@ class _ImagePlacer:
         """Relative path of the image in the export; None when a copy's source is gone (caller quarantines)."""
         relative = _image_name(sha256, uri)
         target = os.path.join(self.root, relative)
-        source = os.path.abspath(uri)
+        source = os.path.abspath(local_path(uri))
         try:
             if self.mode == "copy":
                 if os.path.lexists(target):
@@ -485,7 +486,7 @@ def _write_passes(session: Session, export_id: int, name: str, root: Path, param
             if valid is None:
                 valid = known_country[country_code] = is_country_code(country_code)
             if not valid:
-                quarantine(session, "metadata", sha256, "unknown country", f"country code {country_code!r}")
+                quarantine(session, "metadata", sha256, "unknown_country", f"country code {country_code!r}")
                 continue
             if city:  # a place per (country, city): normalising the name once per city, not once per image
                 key = city_places.get((country_code, city))
@@ -597,7 +598,7 @@ def _write_location(session: Session, export_id: int, name: str, root: Path, pla
                     continue
                 relative = placer.list_linked(sha256, uri) if linked else placer.place(sha256, uri)
                 if relative is None:
-                    quarantine(session, "image", uri, "missing at export", f"export {name}")
+                    quarantine(session, "image", uri, "missing_at_export", f"export {name}")
                     continue
                 country = countries.get(code)
                 if country is None:
@@ -643,7 +644,7 @@ def _write_reasoning(session: Session, export_id: int, name: str, root: Path, pl
             continue
         relative = placer.place(r.sha256, r.uri)
         if relative is None:
-            quarantine(session, "image", r.uri, "missing at export", f"export {name}")
+            quarantine(session, "image", r.uri, "missing_at_export", f"export {name}")
             continue
         same_country = (r.country_code or "").upper() == r.clue_country.upper()
         example = Example(

@@ -1,25 +1,30 @@
 """Ingest: image files (and an optional metadata CSV) into the store, idempotently by content sha256.
 
-Unreadable files, metadata rows with invalid coordinates or an unknown country code are quarantined with their
-reason; everything else in the batch still goes in. Re-running on the same folder adds nothing.
+Every file ends stored or quarantined with its reason: a file that is not a regular file or leaves the folder, an
+image that cannot be decoded or is too small or too large, an image whose metadata row was refused, a value the
+store cannot keep. One bad item never costs the rest of its batch: values are checked before the write, and a
+write the database still refuses is retried row by row so only the offender is quarantined. Re-running on the same
+folder adds nothing.
 """
 
 from __future__ import annotations
 
-import csv
-import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from curation.files import Discovery, UnsafeFile, check_readable, discover_images, stored_path
+from curation.metadata import MetadataMatch, match_metadata, quarantine_problems, read_metadata
 from curation.scoring import BadImage, open_image
 from db.images import add_images
+from db.limits import row_problems
+from db.models import Image
 from db.quarantine import quarantine
+from db.upsert import refusal, write_isolated
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
-METADATA_COLUMNS = ("filename", "lat", "lon", "country_code", "city", "source")
 CHUNK = 1000
 
 
@@ -28,79 +33,28 @@ class IngestSummary:
     added: int = 0
     duplicates: int = 0
     quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # quarantined images per reason code
+
+    def refuse(self, reason: str) -> None:
+        self.quarantined += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def merge(self, other: "IngestSummary") -> None:
+        self.added += other.added
+        self.duplicates += other.duplicates
+        self.quarantined += other.quarantined
+        self.reasons = dict(Counter(self.reasons) + Counter(other.reasons))
 
 
-class MetadataError(ValueError):
-    """A metadata row that cannot be trusted; the message names the column and the value."""
+@dataclass(frozen=True)
+class ImageLimits:
+    min_side: int = 1
+    max_pixels: int | None = None
+    allow_outside_root: bool = False
 
-
-def discover_images(directory: Path | str) -> list[Path]:
-    """Image files under `directory` (recursive), sorted, so every run sees the same order."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image directory {root} does not exist")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _known_country(code: str) -> bool:
-    import pycountry
-
-    return pycountry.countries.get(alpha_2=code) is not None
-
-
-def _coordinate(raw: str | None, name: str, limit: float) -> float | None:
-    if raw is None or not raw.strip():
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise MetadataError(f"{name} {raw!r} is not a number") from None
-    if not math.isfinite(value) or abs(value) > limit:
-        raise MetadataError(f"{name} {raw!r} is outside [-{limit:g}, {limit:g}]")
-    return value
-
-
-def parse_metadata_row(row: dict[str, str | None]) -> dict[str, Any]:
-    """One validated row: lat and lon both present (or both absent) and in range, a known ISO 3166 alpha-2 code."""
-    lat = _coordinate(row.get("lat"), "lat", 90)
-    lon = _coordinate(row.get("lon"), "lon", 180)
-    if (lat is None) != (lon is None):
-        raise MetadataError("lat and lon must be given together")
-    code = (row.get("country_code") or "").strip().upper() or None
-    if code is not None and not _known_country(code):
-        raise MetadataError(f"unknown country code {row.get('country_code')!r} (expected ISO 3166 alpha-2)")
-    return {"lat": lat, "lon": lon, "country_code": code, "city": (row.get("city") or "").strip() or None,
-            "source": (row.get("source") or "").strip() or None}
-
-
-def read_metadata(csv_path: Path | str, session: Session | None = None) -> dict[str, dict[str, Any]]:
-    """{filename: metadata} from a CSV with columns filename, lat, lon, country_code, city, source. A bad row is
-    quarantined as `metadata` with reference `file:line` when a session is given, and its filename maps to
-    {"rejected": reason} so that ingest_images quarantines the image instead of storing it without a location."""
-    path = Path(csv_path)
-    result: dict[str, dict[str, Any]] = {}
-    rejected: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or "filename" not in reader.fieldnames:
-            raise ValueError(f"{path}: metadata CSV needs a header with a 'filename' column "
-                             f"(columns: {', '.join(METADATA_COLUMNS)})")
-        for row in reader:
-            filename = (row.get("filename") or "").strip()
-            try:
-                if not filename:
-                    raise MetadataError("filename is empty")
-                result[filename] = parse_metadata_row(row)
-            except MetadataError as exc:
-                rejected[filename] = str(exc)
-                result.pop(filename, None)
-                if session is not None:
-                    quarantine(session, "metadata", f"{path}:{reader.line_num}", f"invalid metadata: {exc}",
-                               detail=str(dict(row)))
-    for filename, reason in rejected.items():
-        if filename:
-            result[filename] = {"rejected": reason}
-    return result
+    @classmethod
+    def from_settings(cls, settings) -> "ImageLimits":
+        return cls(settings.min_image_side, settings.max_image_pixels, settings.allow_outside_root)
 
 
 def file_sha256(path: Path) -> str:
@@ -109,33 +63,51 @@ def file_sha256(path: Path) -> str:
     return file_digest(path)
 
 
-def ingest_images(session: Session, paths: list[Path], metadata: dict[str, dict[str, Any]] | None = None,
-                  source: str | None = None, min_side: int | None = None) -> IngestSummary:
-    """Add images in bulk; returns how many were added, already stored (same sha256) and quarantined. Metadata is
-    matched by file name (or by the path as written in the CSV). An image whose metadata row was rejected is
-    quarantined rather than stored without its location; an image without any metadata row is stored as is."""
-    if min_side is None:
-        from geocurate.settings import get_settings
+def prepare_folder(directory: Path | str, metadata_csv: Path | str | None = None, encoding: str | None = None,
+                   allow_outside_root: bool = False) -> tuple[Discovery, MetadataMatch | None]:
+    """The folder's image files and, with a metadata CSV, which row belongs to which of them. Raises
+    FileNotFoundError for a missing folder and MetadataFileError for a CSV that cannot be read at all."""
+    discovery = discover_images(directory, allow_outside_root)
+    if metadata_csv is None:
+        return discovery, None
+    return discovery, match_metadata(metadata_csv, read_metadata(metadata_csv, encoding), discovery)
 
-        min_side = get_settings().min_image_side
+
+def quarantine_refused_files(session: Session, discovery: Discovery) -> int:
+    """Files the folder's listing refused (outside the folder, not regular files); returns how many are new."""
+    return sum(quarantine(session, "image", stored_path(path), exc.reason, str(exc), source=str(discovery.root))
+               for path, exc in discovery.refused)
+
+
+def ingest_folder(session: Session, directory: Path | str, metadata_csv: Path | str | None = None,
+                  encoding: str | None = None, source: str | None = None,
+                  limits: ImageLimits = ImageLimits()) -> tuple[IngestSummary, MetadataMatch | None]:
+    """A whole folder in the caller's transaction: refused files and metadata rows quarantined, images stored."""
+    discovery, match = prepare_folder(directory, metadata_csv, encoding, limits.allow_outside_root)
+    summary = IngestSummary()
+    for path, exc in discovery.refused:
+        summary.refuse(exc.reason)
+    quarantine_refused_files(session, discovery)
+    if match is not None:
+        quarantine_problems(session, match)
+    summary.merge(ingest_images(session, discovery.files, match, discovery.root, source, limits))
+    return summary, match
+
+
+def ingest_images(session: Session, paths: list[Path], metadata: MetadataMatch | None = None,
+                  root: Path | str | None = None, source: str | None = None,
+                  limits: ImageLimits = ImageLimits()) -> IngestSummary:
+    """Add images in bulk; returns how many were added, already stored (same sha256) and quarantined. With a
+    metadata match, an image gets the row matched to its path relative to `root`; an image whose row was refused
+    is quarantined rather than stored without its location; an image without a row is stored as it is."""
     summary = IngestSummary()
     pending: dict[str, dict[str, Any]] = {}  # by sha256: one row per content in this batch
+    root = Path(root) if root is not None else (metadata.root if metadata is not None else None)
     for path in map(Path, paths):
-        meta = (metadata or {}).get(path.name) or (metadata or {}).get(str(path)) or {}
-        if "rejected" in meta:
-            summary.quarantined += 1
-            quarantine(session, "image", str(path), "metadata row rejected", detail=meta["rejected"])
+        row = _image_row(session, path, metadata, root, source, limits, summary)
+        if row is None:
             continue
-        try:
-            image = open_image(path, min_side)
-            sha = file_sha256(path)
-        except (BadImage, OSError) as exc:
-            summary.quarantined += 1
-            quarantine(session, "image", str(path), "unreadable or unusable image", detail=str(exc))
-            continue
-        row = {"sha256": sha, "uri": str(path.resolve()), "width": image.width, "height": image.height,
-               **{k: meta.get(k) for k in ("lat", "lon", "country_code", "city")},
-               "source": meta.get("source") or source}
+        sha = row["sha256"]
         if sha in pending:
             summary.duplicates += 1
             if pending[sha]["lat"] is None and row["lat"] is not None:
@@ -148,9 +120,63 @@ def ingest_images(session: Session, paths: list[Path], metadata: dict[str, dict[
     return summary
 
 
+def _image_row(session: Session, path: Path, match: MetadataMatch | None, root: Path | None, source: str | None,
+               limits: ImageLimits, summary: IngestSummary) -> dict[str, Any] | None:
+    """The image's row, or None once it is quarantined."""
+    reference = stored_path(path)
+    origin = str(root or path.parent)
+    relative = _relative(path, root)
+    meta: dict[str, Any] = {}
+    if match is not None and relative is not None:
+        if relative in match.refused:
+            problem = match.refused[relative]
+            return _refuse(session, summary, reference, problem.reason, problem.message, match.source(problem.line))
+        if relative in match.rows:
+            row = match.rows[relative]
+            meta, origin = row.values or {}, match.source(row.line)
+    try:
+        check_readable(path, root, limits.allow_outside_root)
+        image = open_image(path, limits.min_side, max_pixels=limits.max_pixels)
+        sha = file_sha256(path)
+    except (UnsafeFile, BadImage) as exc:
+        return _refuse(session, summary, reference, getattr(exc, "reason", "unreadable_image"), str(exc), origin)
+    except OSError as exc:  # vanished or unreadable between the listing and now
+        return _refuse(session, summary, reference, "unreadable_image", f"{reference}: {exc.strerror or exc}", origin)
+    row = {"sha256": sha, "uri": reference, "width": image.width, "height": image.height,
+           **{k: meta.get(k) for k in ("lat", "lon", "country_code", "city")}, "source": meta.get("source") or source}
+    problems = row_problems(Image, row)
+    row["origin"] = origin  # not a column: where to point the curator if the write is refused
+    if problems:
+        return _refuse(session, summary, reference, problems[0].reason, problems[0].message, origin)
+    return row
+
+
+def _relative(path: Path, root: Path | None) -> str | None:
+    if root is None:
+        return None
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return None
+
+
+def _refuse(session: Session, summary: IngestSummary, reference: str, reason: str, detail: str, origin: str) -> None:
+    summary.refuse(reason)
+    quarantine(session, "image", reference, reason, detail=detail, source=origin)
+    return None
+
+
 def _flush(session: Session, pending: dict[str, dict[str, Any]], summary: IngestSummary) -> None:
-    if pending:
-        added = add_images(session, pending.values())
-        summary.added += added
-        summary.duplicates += len(pending) - added
-        pending.clear()
+    if not pending:
+        return
+    refused_rows: list[dict[str, Any]] = []
+
+    def refused(row: dict[str, Any], exc: Exception) -> None:
+        refused_rows.append(row)
+        _refuse(session, summary, row["uri"], "write_failed", refusal(exc), row["origin"])
+
+    rows = list(pending.values())
+    added = write_isolated(session, rows, add_images, refused)
+    summary.added += added
+    summary.duplicates += len(rows) - added - len(refused_rows)
+    pending.clear()

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from curation.embeddings import store_embeddings
+from curation.files import local_path
 from curation.locatability import validate_weights, weights_digest
 from curation.scoring import BadImage, Scorer, open_image, version_of
 from db.images import set_status
@@ -71,11 +72,13 @@ def score_images(session: Session, scorer: Scorer, image_ids: Sequence[int]) -> 
             summary.skipped += 1  # deleted since it was queued
             continue
         try:
-            images.append(open_image(uris[image_id], scorer.settings.min_image_side))
+            images.append(open_image(local_path(uris[image_id]), scorer.settings.min_image_side,
+                                     max_pixels=scorer.settings.max_image_pixels,
+                                     max_side=scorer.settings.score_max_side))
             good_ids.append(image_id)
         except BadImage as exc:
             bad_ids.append(image_id)
-            quarantine(session, "image", uris[image_id], "unreadable or unusable image", detail=str(exc))
+            quarantine(session, "image", uris[image_id], exc.reason, detail=str(exc), source="scoring")
     if bad_ids:
         set_status(session, bad_ids, "quarantined")
         summary.quarantined = len(bad_ids)

@@ -28,6 +28,8 @@ STATE_COLUMNS = {
 @dataclass
 class StoreStatus:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    quarantine: dict[tuple[str, str], int] = field(default_factory=dict)  # (item kind, reason) -> rows
+    recent_runs: list[tuple[int, str, str, str, str]] = field(default_factory=list)  # (id, started, status, step, error)
     recent_failures: list[tuple[str, str, str]] = field(default_factory=list)  # (when, what, error)
 
 
@@ -47,6 +49,12 @@ def store_status(session: Session, failures: int = 5) -> StoreStatus:
     if expired:  # their worker died: the next reconcile re-queues them
         status.counts["batches"]["claimed"] -= expired
         status.counts["batches"]["claimed, lease expired"] = expired
+    from db.quarantine import quarantine_counts
+
+    status.quarantine = quarantine_counts(session)
+    for run in session.scalars(select(m.Run).order_by(m.Run.id.desc()).limit(failures)):
+        status.recent_runs.append((run.id, run.created_at.isoformat(timespec="seconds"), run.status, run.step,
+                                   (run.error or "")[:300]))
     for f in session.scalars(select(m.TaskFailure).order_by(m.TaskFailure.id.desc()).limit(failures)):
         status.recent_failures.append((f.created_at.isoformat(timespec="seconds"), f.task_name, f.error[:200]))
     for b in session.scalars(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Table
+from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -86,3 +87,48 @@ def upsert(
             index_elements=list(conflict), set_={col: getattr(stmt.excluded, col) for col in update}
         )
         session.execute(stmt, chunk)
+
+
+def write_isolated(session: Session, rows: Sequence[dict[str, Any]], write: Callable[[Session, list], int],
+                   on_refused: Callable[[dict[str, Any], Exception], None]) -> int:
+    """`write(session, rows)` for the whole batch; if the database refuses it (a value validation did not foresee),
+    the batch is written again one row at a time, each in its own savepoint, and only the rows it still refuses
+    go to `on_refused`. A lost connection is not a bad row: it is raised for the caller's retry."""
+    if not rows:
+        return 0
+    _begin_sqlite_transaction(session)
+    try:
+        with session.begin_nested():
+            return write(session, list(rows))
+    except StatementError as exc:
+        if _transient(exc):
+            raise
+    written = 0
+    for row in rows:
+        try:
+            with session.begin_nested():
+                written += write(session, [row])
+        except StatementError as exc:
+            if _transient(exc):
+                raise
+            on_refused(row, exc)
+    return written
+
+
+def refusal(exc: Exception) -> str:
+    """The database's own words, one line, without the statement and its parameters."""
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {text[0] if text else ''}"
+
+
+def _transient(exc: StatementError) -> bool:
+    return isinstance(exc, (OperationalError, InterfaceError)) or bool(getattr(exc, "connection_invalidated", False))
+
+
+def _begin_sqlite_transaction(session: Session) -> None:
+    """pysqlite opens its transaction lazily, at the first INSERT; a SAVEPOINT issued before that would be a
+    transaction of its own, committed on RELEASE. Opening it here keeps the savepoints inside the caller's."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite" and not connection.connection.dbapi_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN")

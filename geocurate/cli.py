@@ -9,7 +9,9 @@ import sys
 
 import typer
 
-from geocurate.commands import clues, demo, exports, pipeline, review, sample, scoring, store, training, workers
+from geocurate.commands import (
+    clues, demo, exports, pipeline, quarantine, review, sample, scoring, store, training, workers,
+)
 from geocurate.errors import UserError
 
 app = typer.Typer(
@@ -22,7 +24,7 @@ app = typer.Typer(
 ingest_app = typer.Typer(help="Add images or clue texts to the store.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 
-for module in (store, scoring, clues, review, exports, training, pipeline, workers, sample, demo):
+for module in (store, scoring, clues, review, exports, training, pipeline, workers, quarantine, sample, demo):
     module.register(app, ingest_app)
 
 

@@ -69,11 +69,12 @@ def test_jsonl_ingest_counts_quarantines_and_links(store_url, tmp_path, gazettee
         image_ids = ids_by_sha(s, [STORED_SHA])
         assert (polish.id, image_ids[STORED_SHA], "given") in pairs and len(pairs) == 2
         assert rows["Thai signs use a distinctive script."].image_id is None
-        quarantined = {q.reference: q.reason for q in s.scalars(select(Quarantine))}
-        assert quarantined[f"{clues}:7"].startswith("invalid JSON")
-        assert quarantined[f"{clues}:8"] == "missing or empty 'text'"
-        assert quarantined[f"{clues}:9"] == "unknown country 'Atlantis'"
-        assert f"{clues}:10" in quarantined
+        quarantined = {q.reference: (q.reason, q.detail, q.source) for q in s.scalars(select(Quarantine))}
+        assert quarantined[f"{clues}:7"][0] == "bad_json" and quarantined[f"{clues}:7"][1].startswith("invalid JSON")
+        assert quarantined[f"{clues}:8"][0] == "missing_text" and "missing or empty 'text'" in quarantined[f"{clues}:8"][1]
+        assert quarantined[f"{clues}:9"][0] == "unknown_country"
+        assert quarantined[f"{clues}:9"][1].startswith("unknown country 'Atlantis'")
+        assert f"{clues}:10" in quarantined and quarantined[f"{clues}:10"][2] == str(clues)
 
     with session_scope() as s:  # the same file again: nothing new, nothing lost
         again = ingest_clues(s, clues, gazetteer=gazetteer)

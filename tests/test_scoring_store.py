@@ -44,7 +44,7 @@ def test_ingest_then_score_fills_the_store_once(store_url, demo_env, tmp_path):
         version = scores[0].scorer_version
         assert session.get(ScorerVersion, version).params["segmenter"] == "sam"
         assert session.scalar(select(func.count()).select_from(ImageEmbedding)) == 4
-        assert session.scalar(select(Quarantine.reason)) == "unreadable or unusable image"
+        assert session.scalar(select(Quarantine.reason)) == "unreadable_image"
         assert pending_image_ids(session, version) == []
     assert statuses[str(paths[3].resolve())] == "quarantined"
     assert sorted(statuses.values()).count("scored") == 4

@@ -32,37 +32,41 @@ def run_pipeline(
     train: bool = False,
     source: str | None = None,
     settings: Settings | None = None,
+    encoding: str | None = None,
 ) -> int:
     """Submit ingest → score → route (→ export → training) for the images under `directory`; returns the run id.
     Embedded (no broker): the whole run happens before this returns. With a broker: it returns once the ingest
     batches are queued; follow it with `run_progress`."""
     settings = settings or get_settings()
-    params = pipeline_params(directory, metadata, clues, export, train, source, settings)
+    params = pipeline_params(directory, metadata, clues, export, train, source, settings, encoding)
     return start_run(pipeline_steps(export, train), params, kind="pipeline", settings=settings)
 
 
 def prepare_pipeline(directory: Path | str, metadata: Path | str | None = None, clues: Path | str | None = None,
                      export: str | None = None, train: bool = False, source: str | None = None,
-                     settings: Settings | None = None) -> tuple[int, tuple[str, list[int]] | None]:
+                     settings: Settings | None = None,
+                     encoding: str | None = None) -> tuple[int, tuple[str, list[int]] | None]:
     """run_pipeline without the sending: the CLI follows the run while the first batches are sent (embedded: run)."""
     settings = settings or get_settings()
-    params = pipeline_params(directory, metadata, clues, export, train, source, settings)
+    params = pipeline_params(directory, metadata, clues, export, train, source, settings, encoding)
     return create_run(pipeline_steps(export, train), params, "pipeline", settings)
 
 
 def pipeline_params(directory: Path | str, metadata: Path | str | None, clues: Path | str | None, export: str | None,
-                    train: bool, source: str | None, settings: Settings) -> dict[str, Any]:
+                    train: bool, source: str | None, settings: Settings, encoding: str | None = None) -> dict[str, Any]:
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"image directory {directory} does not exist")
     if train and not export:
         raise UserError("--train needs --export NAME: training reads an export")
     params: dict[str, Any] = {"directory": str(directory.resolve()), "source": source, "export": export}
+    if encoding:
+        params["encoding"] = encoding
     if metadata:
         if not Path(metadata).is_file():
             raise UserError(f"metadata file {metadata} does not exist")
         params["metadata"] = str(Path(metadata).resolve())
-        _check_metadata(Path(metadata), settings)
+        _check_metadata(Path(metadata), encoding)
     if clues:
         if not Path(clues).is_file():
             raise UserError(f"clue file {clues} does not exist")
@@ -70,13 +74,12 @@ def pipeline_params(directory: Path | str, metadata: Path | str | None, clues: P
     return params
 
 
-def _check_metadata(path: Path, settings: Settings) -> None:
-    """Parse the metadata once up front: a missing or malformed file fails the submission, bad rows are
-    quarantined once here rather than by every ingest batch."""
-    from curation.ingest import read_metadata
+def _check_metadata(path: Path, encoding: str | None) -> None:
+    """Read the metadata once up front: a file that cannot be read at all (wrong encoding, no header) fails the
+    submission with its name and line; bad rows are quarantined by the ingest step's folder batch."""
+    from curation.metadata import read_metadata
 
-    with session_scope(settings.database_url) as session:
-        read_metadata(path, session=session)
+    read_metadata(path, encoding)
 
 
 def submit_training(

@@ -56,34 +56,51 @@ def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
 # --- ingest ----------------------------------------------------------------------------------------------------------
 
 def plan_ingest(session: Session, run_id: int, params: dict[str, Any], settings: Settings) -> Payloads:
-    from curation.ingest import discover_images
+    """One batch for the folder itself (refused files, metadata rows that match no image), then the image files in
+    batches, then the clue file."""
+    from curation.files import discover_images
 
-    paths = [str(p) for p in discover_images(Path(params["directory"]))]
-    payloads: Payloads = [{"paths": chunk} for chunk in chunks(paths, settings.batch_size)]
+    discovery = discover_images(Path(params["directory"]), settings.allow_outside_root)
+    paths = [str(p) for p in discovery.files]
+    payloads: Payloads = [{"folder": True}]
+    payloads += [{"paths": chunk} for chunk in chunks(paths, settings.batch_size)]
     if params.get("clues"):
         payloads.append({"clues": params["clues"]})
     return payloads
 
 
 @lru_cache(maxsize=4)
-def _metadata(path: str, mtime: float) -> Any:
-    """Parsed once per worker process (and file version); bad rows were quarantined once, at submission."""
-    from curation.ingest import read_metadata
+def _prepared_folder(run_id: int, directory: str, metadata: str | None, encoding: str | None, allow: bool) -> Any:
+    """The folder's listing and metadata match, computed once per worker process and run."""
+    from curation.ingest import prepare_folder
 
-    return read_metadata(Path(path))
+    return prepare_folder(directory, metadata, encoding, allow)
 
 
 def work_ingest(session: Session, claim: Claim, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    from curation.ingest import ImageLimits, IngestSummary, ingest_images, quarantine_refused_files
+
     payload = claim.payload
     if "clues" in payload:
         from curation.clues import ingest_clues
 
-        return {"clues": as_counts(ingest_clues(session, Path(payload["clues"])))}
-    from curation.ingest import ingest_images
+        return {"clues": as_counts(ingest_clues(session, Path(payload["clues"]), encoding=params.get("encoding")))}
+    discovery, match = _prepared_folder(claim.run_id, params["directory"], params.get("metadata"),
+                                        params.get("encoding"), settings.allow_outside_root)
+    if payload.get("folder"):
+        from curation.metadata import quarantine_problems
 
-    metadata_path = params.get("metadata")
-    metadata = _metadata(metadata_path, Path(metadata_path).stat().st_mtime) if metadata_path else None
-    summary = ingest_images(session, [Path(p) for p in payload["paths"]], metadata=metadata, source=params.get("source"))
+        quarantine_refused_files(session, discovery)
+        summary = IngestSummary()
+        for _, exc in discovery.refused:
+            summary.refuse(exc.reason)
+        result: dict[str, Any] = {"files": len(discovery.files) + len(discovery.refused), **as_counts(summary)}
+        if match is not None:
+            quarantine_problems(session, match)
+            result["metadata"] = match.counts()
+        return result
+    summary = ingest_images(session, [Path(p) for p in payload["paths"]], match, discovery.root,
+                            params.get("source"), ImageLimits.from_settings(settings))
     return {"images": len(payload["paths"]), **as_counts(summary)}
 
 

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from sqlalchemy.orm import Session
 from curation.clues.assess import assess_clues
 from curation.clues.gazetteer import Gazetteer, get_gazetteer
 from curation.countries import country_code
+from db.limits import column_length, text_problem
+from db.models import Clue
 from db.clues import (
     add_clue_pairs,
     add_clues,
@@ -33,6 +36,7 @@ from db.clues import (
 )
 from db.images import ids_by_sha
 from db.quarantine import quarantine
+from db.upsert import refusal, write_isolated
 
 CHUNK = 2000
 MAX_TEXT_CHARS = 4000
@@ -75,7 +79,11 @@ def clue_sha256(text: str) -> str:
 
 
 class BadRecord(ValueError):
-    """A line that cannot become a clue; its message is the quarantine reason."""
+    """A line that cannot become a clue; `reason` is its quarantine code, the message says what exactly."""
+
+    def __init__(self, message: str, reason: str = "invalid_value"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -87,46 +95,58 @@ class RawClue:
     image_ref: str | None
 
 
-def _field(record: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+def _field(record: dict[str, Any], keys: tuple[str, ...], column: str, limit: int | None = None,
+           one_line: bool = True) -> str | None:
+    """The first non-empty of `keys` as a checked string. Numbers are accepted as their text (a CSV has only
+    text; a JSON writer may emit a numeric source); objects, lists and booleans are not a clue's field."""
     for key in keys:
         value = record.get(key)
-        if value is not None and str(value).strip():
-            return str(value).strip()
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise BadRecord(f"'{key}' must be a string, got {type(value).__name__}", "invalid_value")
+        text = str(value).strip()
+        if not text:
+            continue
+        problem = text_problem(key, text, limit if limit is not None else column_length(Clue, column), one_line)
+        if problem:
+            raise BadRecord(problem.message, problem.reason)
+        return text
     return None
 
 
 def parse_record(record: Any, line: int, default_source: str) -> RawClue:
     if not isinstance(record, dict):
-        raise BadRecord(f"expected an object with a 'text' field, got {type(record).__name__}")
-    text = _field(record, TEXT_KEYS)
+        raise BadRecord(f"expected an object with a 'text' field, got {type(record).__name__}", "bad_json")
+    text = _field(record, TEXT_KEYS, "text", MAX_TEXT_CHARS, one_line=False)
     if text is None:
-        raise BadRecord("missing or empty 'text'")
+        raise BadRecord("missing or empty 'text'", "missing_text")
     if "\ufffd" in text:
-        raise BadRecord("text is not valid UTF-8")
-    if len(text) > MAX_TEXT_CHARS:
-        raise BadRecord(f"text longer than {MAX_TEXT_CHARS} characters")
-    hint = _field(record, ("country", "country_code"))
+        raise BadRecord("text is not valid UTF-8", "bad_encoding")
+    hint = _field(record, ("country", "country_code"), "text", 100)
     code = country_code(hint) if hint else None
     if hint and code is None:
-        raise BadRecord(f"unknown country {hint!r}")
-    return RawClue(line, text, _field(record, ("source",)) or default_source, code, _field(record, IMAGE_KEYS))
+        raise BadRecord(f"unknown country {hint!r}", "unknown_country")
+    return RawClue(line, text, _field(record, ("source",), "source") or default_source[:200], code,
+                   _field(record, IMAGE_KEYS, "image_ref"))
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
+def _jsonl_records(path: Path, encoding: str | None = None) -> Iterator[tuple[int, Any]]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             try:
-                yield number, json.loads(raw.decode("utf-8"))
+                yield number, json.loads(raw.decode(encoding or "utf-8-sig"))
             except UnicodeDecodeError:
-                yield number, BadRecord("line is not valid UTF-8")
-            except json.JSONDecodeError as exc:
-                yield number, BadRecord(f"invalid JSON: {exc.msg} at column {exc.colno}")
+                yield number, BadRecord(f"line is not valid {encoding or 'UTF-8'}", "bad_encoding")
+            except (json.JSONDecodeError, RecursionError) as exc:
+                where = f": {exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ": too deep"
+                yield number, BadRecord(f"invalid JSON{where}", "bad_json")
 
 
-def _csv_records(path: Path) -> Iterator[tuple[int, Any]]:
-    content = path.read_bytes().decode("utf-8-sig", errors="replace")
+def _csv_records(path: Path, encoding: str | None = None) -> Iterator[tuple[int, Any]]:
+    content = path.read_bytes().decode(encoding or "utf-8-sig", errors="replace")
     reader = csv.DictReader(io.StringIO(content, newline=""))
     if not reader.fieldnames or not set(TEXT_KEYS) & {f.strip().lower() for f in reader.fieldnames}:
         raise ValueError(f"{path}: CSV header must have a 'text' column (found {reader.fieldnames})")
@@ -136,32 +156,53 @@ def _csv_records(path: Path) -> Iterator[tuple[int, Any]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            yield reader.line_num, BadRecord(f"malformed CSV: {exc}")
+            yield reader.line_num, BadRecord(f"malformed CSV: {exc}", "malformed_csv")
             continue
         if None in row:
-            yield reader.line_num, BadRecord("more fields than the header")
+            yield reader.line_num, BadRecord("more fields than the header", "malformed_csv")
             continue
         yield reader.line_num, {k.strip().lower(): v for k, v in row.items() if k}
 
 
-def read_records(path: Path) -> Iterator[tuple[int, Any]]:
+def read_records(path: Path, encoding: str | None = None) -> Iterator[tuple[int, Any]]:
     """(line number, parsed record or BadRecord) for a JSONL or CSV file (by extension; JSONL when unsure)."""
     if path.suffix.lower() in (".csv", ".tsv"):
-        return _csv_records(path)
-    return _jsonl_records(path)
+        return _csv_records(path, encoding)
+    return _jsonl_records(path, encoding)
 
 
 def _image_sha(ref: str, base: Path) -> str | None:
-    """The content hash an image reference stands for: the ref itself, or the hash of the file it names."""
+    """The content hash an image reference stands for: the ref itself, or the hash of the file it names (None
+    when there is no such file yet: the clue is linked when the image arrives). BadRecord for a path that must
+    not be read: a device or FIFO (`/dev/zero` would be hashed for ever), a directory."""
     if SHA256.match(ref):
         return ref.lower()
     from curation.clip import file_digest
+    from curation.files import UnsafeFile, check_readable
 
     candidate = Path(ref) if Path(ref).is_absolute() else base / ref
     try:
+        check_readable(candidate)
         return file_digest(candidate)
-    except OSError:
+    except (UnsafeFile, OSError):
         return None
+
+
+def _check_image_ref(ref: str | None, base: Path) -> None:
+    """BadRecord for an image path that must never be read: a device or FIFO (`/dev/zero` would be hashed for
+    ever), a directory. A path that does not exist yet is fine: the clue is linked when the image arrives."""
+    if not ref or SHA256.match(ref):
+        return
+    from curation.files import UnsafeFile, check_readable
+
+    candidate = Path(ref) if Path(ref).is_absolute() else base / ref
+    if not os.path.lexists(candidate):
+        return
+    try:
+        check_readable(candidate)
+    except UnsafeFile as exc:
+        if exc.reason != "unreadable_image":  # a broken link may be mended before the image is ingested
+            raise BadRecord(f"image {exc}", "bad_image_ref") from None
 
 
 def _resolve_images(session: Session, refs: dict[str, str | None]) -> dict[str, int]:
@@ -171,8 +212,9 @@ def _resolve_images(session: Session, refs: dict[str, str | None]) -> dict[str, 
     return {ref: found[sha] for ref, sha in shas.items() if sha in found}
 
 
-def _store_chunk(session: Session, chunk: list[RawClue], gazetteer: Gazetteer, base: Path,
+def _store_chunk(session: Session, chunk: list[RawClue], gazetteer: Gazetteer, path: Path,
                  summary: ClueIngestSummary) -> None:
+    base = path.parent
     by_sha: dict[str, RawClue] = {}
     for raw in chunk:
         sha = clue_sha256(raw.text)
@@ -196,7 +238,12 @@ def _store_chunk(session: Session, chunk: list[RawClue], gazetteer: Gazetteer, b
             entities=[p.to_json() for p in verdict.places], geo_ok=verdict.geo_ok, country=verdict.country,
             status=verdict.decision, reason=verdict.reason,
         ))
-    add_clues(session, rows)
+
+    def refused(row: dict[str, Any], exc: Exception) -> None:
+        _quarantine_line(session, path, fresh[row["sha256"]].line, BadRecord(refusal(exc), "write_failed"),
+                         {"text": row["text"]}, summary)
+
+    write_isolated(session, rows, add_clues, refused)
     ids = clue_ids_by_sha(session, [row["sha256"] for row in rows])
     for row in rows:
         if row["sha256"] in ids:  # not taken by a concurrent ingest of the same text
@@ -206,8 +253,19 @@ def _store_chunk(session: Session, chunk: list[RawClue], gazetteer: Gazetteer, b
     summary.images_linked += add_clue_pairs(session, pairs)
 
 
+def _quarantine_line(session: Session, path: Path, line: int, exc: BadRecord, record: Any,
+                     summary: ClueIngestSummary) -> None:
+    reference = f"{path}:{line}"
+    detail = json.dumps(record)[:500] if isinstance(record, dict) else None
+    quarantine(session, "clue", reference, exc.reason, detail=f"{exc}; line: {detail}" if detail else str(exc),
+               source=str(path))
+    summary.quarantined += 1
+    if len(summary.quarantine_reasons) < MAX_REASONS:
+        summary.quarantine_reasons.append(f"{reference}: {exc}")
+
+
 def ingest_clues(session: Session, path: Path | str, gazetteer: Gazetteer | None = None,
-                 source: str | None = None) -> ClueIngestSummary:
+                 source: str | None = None, encoding: str | None = None) -> ClueIngestSummary:
     """Load a clue file into the store (the caller's transaction). Raises FileNotFoundError / ValueError for a file
     that cannot be read at all; bad lines are quarantined instead."""
     path = Path(path)
@@ -217,24 +275,21 @@ def ingest_clues(session: Session, path: Path | str, gazetteer: Gazetteer | None
     summary = ClueIngestSummary()
     default_source = source or path.name
     chunk: list[RawClue] = []
-    for line, record in read_records(path):
+    for line, record in read_records(path, encoding):
         try:
             if isinstance(record, BadRecord):
                 raise record
-            chunk.append(parse_record(record, line, default_source))
+            raw = parse_record(record, line, default_source)
+            _check_image_ref(raw.image_ref, path.parent)
+            chunk.append(raw)
         except BadRecord as exc:
-            reference = f"{path}:{line}"
-            quarantine(session, "clue", reference, str(exc), detail=json.dumps(record)[:500]
-                       if isinstance(record, dict) else None)
-            summary.quarantined += 1
-            if len(summary.quarantine_reasons) < MAX_REASONS:
-                summary.quarantine_reasons.append(f"{reference}: {exc}")
+            _quarantine_line(session, path, line, exc, record, summary)
             continue
         if len(chunk) >= CHUNK:
-            _store_chunk(session, chunk, gazetteer, path.parent, summary)
+            _store_chunk(session, chunk, gazetteer, path, summary)
             chunk = []
     if chunk:
-        _store_chunk(session, chunk, gazetteer, path.parent, summary)
+        _store_chunk(session, chunk, gazetteer, path, summary)
     return summary
 
 

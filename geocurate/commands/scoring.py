@@ -83,28 +83,38 @@ def rescore(
 def ingest_images_command(
     directory: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
     metadata: Path = typer.Option(None, help="CSV with columns filename, lat, lon, country_code, city, source."),
+    encoding: str = typer.Option(None, help="Encoding of the metadata CSV (default UTF-8), e.g. latin-1, cp1252."),
     source: str = typer.Option(None, help="Source name for images without one in the metadata."),
 ) -> None:
-    """Add images to the store (sha256 dedup); unreadable files and bad metadata rows are quarantined."""
-    from curation.ingest import discover_images, ingest_images, read_metadata
+    """Add images to the store (sha256 dedup); bad files and metadata rows are quarantined with their reason."""
+    from curation.ingest import ImageLimits, ingest_folder
     from db.engine import check_connection, session_scope
 
     settings = get_settings()
     check_connection(settings.database_url)
-    try:
-        paths = discover_images(directory)
-    except FileNotFoundError as exc:
-        raise UserError(str(exc)) from None
     if metadata is not None and not metadata.is_file():
         raise UserError(f"metadata file {metadata} does not exist")
-    with session_scope() as session:
+    with session_scope(settings.database_url) as session:
         try:
-            rows = read_metadata(metadata, session) if metadata else None
-        except ValueError as exc:
+            summary, match = ingest_folder(session, directory, metadata, encoding, source,
+                                           ImageLimits.from_settings(settings))
+        except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
-        summary = ingest_images(session, paths, rows, source=source, min_side=settings.min_image_side)
-    typer.echo(f"{len(paths)} files: added {summary.added}, duplicates {summary.duplicates}, "
-               f"quarantined {summary.quarantined}")
+    typer.echo(ingest_report(summary, match))
+
+
+def ingest_report(summary, match) -> str:
+    """What a curator needs to see after an ingest: what went in, what did not and why."""
+    line = f"images: added {summary.added}, duplicates {summary.duplicates}, quarantined {summary.quarantined}"
+    if summary.reasons:
+        line += " (" + ", ".join(f"{reason} {n}" for reason, n in sorted(summary.reasons.items())) + ")"
+    if match is not None:
+        counts = match.counts()
+        line += f"\nmetadata rows: matched {counts.pop('rows_matched')}"
+        line += "".join(f", {reason} {n}" for reason, n in sorted(counts.items()))
+    if summary.quarantined or (match is not None and match.problems):
+        line += "\nsee them with: geocurate quarantine list"
+    return line
 
 
 def register(app: typer.Typer, ingest_app: typer.Typer) -> None:

@@ -58,6 +58,20 @@ def status() -> None:
         for state, n in sorted(states.items()):
             table.add_row(name, state, str(n))
     console.print(table)
+    if result.quarantine:
+        reasons = Table(title="quarantine by reason (geocurate quarantine list --reason CODE)")
+        for column, justify in (("kind", "left"), ("reason", "left"), ("rows", "right")):
+            reasons.add_column(column, justify=justify)
+        for (kind, reason), n in sorted(result.quarantine.items()):
+            reasons.add_row(kind, reason, str(n))
+        console.print(reasons)
+    if result.recent_runs:
+        runs = Table(title="newest runs")
+        for column in ("run", "started", "status", "step", "error"):
+            runs.add_column(column, overflow="fold")
+        for run_id, started, state, step, error in result.recent_runs:
+            runs.add_row(str(run_id), started, state, step, error)
+        console.print(runs)
     if result.recent_failures:
         failures = Table(title="newest failures")
         for column in ("when", "what", "error"):
