@@ -17,10 +17,11 @@ class StoreUnavailable(RuntimeError):
 
 
 def masked(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url.split("@")[-1] if "@" in url else url
+    """The URL as shown to people: one masking rule for every URL (geocurate.masking), so a password with an
+    unencoded `@` or `:`, which SQLAlchemy's parser misreads, is hidden whole."""
+    from geocurate.masking import mask_url
+
+    return mask_url(url)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
