@@ -12,7 +12,6 @@ import typer
 from geocurate.commands import (
     clues, demo, exports, pipeline, quarantine, review, sample, scoring, store, training, workers,
 )
-from geocurate.errors import UserError
 
 app = typer.Typer(
     name="geocurate",
@@ -29,14 +28,31 @@ for module in (store, scoring, clues, review, exports, training, pipeline, worke
 
 
 def main() -> None:
-    """Console entry point: known failures print one line (`error: ...`) and exit 2 instead of a traceback."""
-    from db.engine import StoreUnavailable
+    """Console entry point: a failure prints one scrubbed line (`error: ...`) and exits non-zero; a traceback only
+    with GEOCURATE_DEBUG set. Log records pass through the same scrubbing, so no path prints a secret."""
+    from geocurate.failures import install_thread_hook, report
 
+    _scrubbed_logging()
+    install_thread_hook()
     try:
         app()
-    except (UserError, StoreUnavailable) as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - every failure reaches the user through report()
+        sys.exit(report(exc))
+
+
+def _scrubbed_logging() -> None:
+    """Warnings go to stderr as before (message only), through a handler that scrubs them."""
+    import logging
+
+    from geocurate.masking import scrub_logs
+
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    scrub_logs(root)
 
 
 if __name__ == "__main__":

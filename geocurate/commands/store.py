@@ -26,8 +26,12 @@ def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision to 
 @config_app.command("show")
 def config_show() -> None:
     """Print the effective settings (secrets masked)."""
-    for name, value in get_settings().model_dump().items():
-        typer.echo(f"GEOCURATE_{name.upper()}={'' if value is None else value}")
+    from geocurate.masking import mask_url, scrub
+
+    settings = get_settings()
+    for name, value in settings.model_dump().items():
+        shown = "" if value is None else mask_url(value) if isinstance(value, str) else str(value)
+        typer.echo(f"GEOCURATE_{name.upper()}={scrub(shown, settings)}")
 
 
 @config_app.command("docs")
