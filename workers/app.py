@@ -114,6 +114,18 @@ def sender_for(settings: Settings) -> Celery:
     return _SENDERS[key]
 
 
+def _scrub_log_handlers(logger: logging.Logger, **_: Any) -> None:
+    """Worker and beat logs (their own, the tasks', and stdout redirected into them) are scrubbed of the settings'
+    secrets: a connection error or a task's exception may quote a URL with its password."""
+    from geocurate.masking import scrub_logs
+
+    scrub_logs(logger)
+
+
+signals.after_setup_logger.connect(_scrub_log_handlers)
+signals.after_setup_task_logger.connect(_scrub_log_handlers)
+
+
 @signals.celeryd_after_setup.connect
 def _remember_queues(sender: str, instance: Any, **_: Any) -> None:
     """Runs in the worker's main process before the pool forks: children inherit which queues they serve."""
