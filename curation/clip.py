@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from curation.device import resolve_device, resolve_dtype
+from curation.files import file_digest
 
 TINY_CLIP_CONFIG = Path(__file__).with_name("data") / "tiny_clip.json"
 DEMO_SEED = 0
@@ -62,14 +63,6 @@ class ClipModel:
     def image_size(self) -> int:
         size = self.model.visual.image_size
         return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_clip(model_name: str, pretrained: str | None, demo: bool, device: str = "auto",

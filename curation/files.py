@@ -9,6 +9,7 @@ reason, and the rest of the folder goes in.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -76,6 +77,15 @@ def check_readable(path: Path | str, root: Path | str | None = None, allow_outsi
         raise UnsafeFile("unreadable_image", f"{_name(path)}: {exc.strerror}") from None
     if not stat.S_ISREG(mode):
         raise UnsafeFile("not_regular_file", f"{_name(path)} is {_file_kind(mode)}, not a regular file")
+
+
+def file_digest(path: Path | str, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes: an image's identity in the store, a checkpoint's in a scorer version."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def discover_images(directory: Path | str, allow_outside_root: bool = False) -> Discovery:

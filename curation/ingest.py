@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from curation.files import Discovery, UnsafeFile, check_readable, discover_images, stored_path
+from curation.files import Discovery, UnsafeFile, check_readable, discover_images, file_digest, stored_path
 from curation.metadata import MetadataMatch, match_metadata, quarantine_problems, read_metadata
 from curation.scoring import BadImage, open_image
 from db.images import add_images
@@ -55,12 +55,6 @@ class ImageLimits:
     @classmethod
     def from_settings(cls, settings) -> "ImageLimits":
         return cls(settings.min_image_side, settings.max_image_pixels, settings.allow_outside_root)
-
-
-def file_sha256(path: Path) -> str:
-    from curation.clip import file_digest
-
-    return file_digest(path)
 
 
 def prepare_folder(directory: Path | str, metadata_csv: Path | str | None = None, encoding: str | None = None,
@@ -137,7 +131,7 @@ def _image_row(session: Session, path: Path, match: MetadataMatch | None, root: 
     try:
         check_readable(path, root, limits.allow_outside_root)
         image = open_image(path, limits.min_side, max_pixels=limits.max_pixels)
-        sha = file_sha256(path)
+        sha = file_digest(path)
     except (UnsafeFile, BadImage) as exc:
         return _refuse(session, summary, reference, getattr(exc, "reason", "unreadable_image"), str(exc), origin)
     except OSError as exc:  # vanished or unreadable between the listing and now

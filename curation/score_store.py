@@ -85,7 +85,10 @@ def score_images(session: Session, scorer: Scorer, image_ids: Sequence[int]) -> 
     if not images:
         return summary
     register_scorer_version(session, scorer.version, scorer.params)
-    results = scorer.score(images)
+    try:
+        results = scorer.score(images)
+    except Exception:  # noqa: BLE001 - which image broke it, if one did, is found below
+        good_ids, results = _score_each(session, scorer, good_ids, images, uris, summary)
     summary.scored = add_scores(session, (
         dict(image_id=image_id, scorer_version=scorer.version, locatability=result.locatability,
              class_ratios={str(k): v for k, v in sorted(result.class_ratios.items())}, decision=result.decision)
@@ -97,6 +100,28 @@ def score_images(session: Session, scorer: Scorer, image_ids: Sequence[int]) -> 
     if embedding_version and vectors:
         store_embeddings(session, vectors, embedding_version)
     return summary
+
+
+def _score_each(session: Session, scorer: Scorer, ids: list[int], images: list, uris: dict[int, str],
+                summary: ScoreSummary) -> tuple[list[int], list]:
+    """A batch whose scoring raised is scored again one image at a time, so one image that breaks the segmenter is
+    quarantined with the error and the others are scored. When every image fails on its own, the fault is not in
+    the images (a model, the device, a bug): the error is raised and the batch fails, loudly."""
+    scored_ids, results, failures = [], [], []
+    for image_id, image in zip(ids, images):
+        try:
+            results.extend(scorer.score([image]))
+            scored_ids.append(image_id)
+        except Exception as exc:  # noqa: BLE001 - kept with the image it belongs to
+            failures.append((image_id, exc))
+    if not scored_ids:
+        raise failures[0][1]
+    for image_id, exc in failures:
+        quarantine(session, "image", uris[image_id], "scoring_failed", f"{type(exc).__name__}: {exc}",
+                   source="scoring")
+    set_status(session, [image_id for image_id, _ in failures], "quarantined")
+    summary.quarantined += len(failures)
+    return scored_ids, results
 
 
 def carry_over_scores(session: Session, scorer_version: str, params: dict[str, Any], weights: Sequence[float]) -> int:

@@ -7,7 +7,7 @@ committed in one transaction by the caller, so a worker that dies mid-batch leav
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -159,10 +159,15 @@ def step_results(session: Session, run_id: int, step: str) -> list[dict[str, Any
 
 
 def advance(session: Session, run_id: int, from_step: str, to_step: str) -> bool:
-    """Move the run to its next step; only one caller wins, however many batches finish at once."""
+    """Move the run to its next step; only one caller wins, however many batches finish at once. A run that
+    reaches the end with failed batches (of steps it could go on without) ends `partial`, never `done`: "done"
+    means every item was processed or quarantined."""
     values: dict[str, Any] = {"step": to_step}
     if to_step == "done":
-        values.update(status="done", finished_at=utcnow())
+        failed = failed_batches(session, run_id)
+        values.update(status="partial" if failed else "done", finished_at=utcnow())
+        if failed:
+            values["error"] = describe_failures(failed)[:4000]
     changed = session.execute(
         update(Run).where(Run.id == run_id, Run.step == from_step, Run.status == "running").values(**values)
         .execution_options(synchronize_session=False)
@@ -176,6 +181,72 @@ def fail_run(session: Session, run_id: int, error: str) -> None:
         .values(status="failed", error=error[:4000], finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+
+
+def failed_batches(session: Session, run_id: int) -> list[Batch]:
+    return list(session.scalars(
+        select(Batch).where(Batch.run_id == run_id, Batch.status == "failed").order_by(Batch.step, Batch.seq)
+    ))
+
+
+def batch_items(payload: dict[str, Any]) -> list[str]:
+    """What a batch was about, as a user names it: image paths, image ids, the clue file, the export."""
+    if payload.get("paths"):
+        return [str(p) for p in payload["paths"]]
+    if payload.get("image_ids"):
+        return [f"image {i}" for i in payload["image_ids"]]
+    for key in ("clues", "name", "stage"):
+        if payload.get(key):
+            return [f"{key} {payload[key]}"]
+    return ["the whole folder" if payload.get("folder") else "clue pairing" if payload.get("pair_clues") else "-"]
+
+
+def describe_failures(failed: Sequence[Batch], shown: int = 3) -> str:
+    by_step: dict[str, list[Batch]] = {}
+    for batch in failed:
+        by_step.setdefault(batch.step, []).append(batch)
+    parts = []
+    for step, rows in by_step.items():
+        items = sum(len(batch_items(b.payload)) for b in rows)
+        parts.append(f"step {step}: {len(rows)} batch(es) failed ({items} item(s)), first: {(rows[0].error or '')[:200]}")
+    return "; ".join(parts)
+
+
+def interrupt(session: Session, run_id: int) -> bool:
+    """Ctrl-C on a run done in this process: its claims are given back and the next `geocurate run` resumes it."""
+    session.execute(
+        update(Batch).where(Batch.run_id == run_id, Batch.status == "claimed")
+        .values(status="queued", claimed_by=None, lease_until=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(
+        update(Run).where(Run.id == run_id, Run.status == "running")
+        .values(status="interrupted", error="interrupted (Ctrl-C); run the same command again to resume")
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+
+
+def resumable_run(session: Session, params: dict[str, Any], is_dead: Callable[[str | None], bool]) -> Run | None:
+    """The newest run of the same submission (`params` with its steps) that was interrupted, or that is still marked running although the
+    process doing it in-process is gone (killed, machine restarted)."""
+    for run in session.scalars(select(Run).where(Run.status.in_(("interrupted", "running"))).order_by(Run.id.desc())):
+        same = {k: v for k, v in run.params.items() if k != "owner"} == params
+        if same and (run.status == "interrupted" or is_dead(run.params.get("owner"))):
+            return run
+    return None
+
+
+def reopen(session: Session, run: Run, owner: str | None) -> list[tuple[int, str]]:
+    """Mark a resumable run running again (done in-process by `owner`, when embedded); returns its open batches
+    (batch id, step) to send."""
+    params = {**run.params, "owner": owner} if owner else run.params
+    session.execute(
+        update(Run).where(Run.id == run.id).values(status="running", error=None, finished_at=None, params=params)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.execute(
+        select(Batch.id, Batch.step).where(Batch.run_id == run.id, Batch.status.in_(OPEN)).order_by(Batch.id)
+    ).tuples())
 
 
 def get_run(session: Session, run_id: int) -> Run | None:

@@ -23,6 +23,7 @@ REASONS = {
     "not_regular_file": "a device, FIFO, socket or directory where a file was expected (never read)",
     "outside_root": "a symlink pointing outside the ingested folder (GEOCURATE_ALLOW_OUTSIDE_ROOT allows it)",
     "metadata_rejected": "the image's metadata row was rejected, so it is not stored without its location",
+    "scoring_failed": "the segmenter raised on this image while the other images of its batch scored",
     "missing_at_export": "the image file disappeared between ingest and export",
     # metadata rows
     "invalid_metadata": "a coordinate out of range, only one of lat/lon, or an unknown country code",
@@ -62,7 +63,10 @@ def quarantine(session: Session, item_kind: str, reference: str, reason: str, de
 def printable(text: str) -> str:
     """What the store can keep of any text: NUL and unpaired surrogates (a non-UTF-8 file name, an escaped
     `\\ud800` in JSON) become visible escapes instead of making the database refuse the whole row."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    try:  # a file name's undecodable bytes (surrogate escapes) shown as the bytes they were: \xff
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # other unpaired surrogates, shown as \ud800
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text.replace("\x00", "\\x00")
 
 

@@ -17,6 +17,7 @@ from db import batches
 from db.engine import session_scope
 from geocurate.errors import UserError
 from geocurate.settings import Settings, get_settings
+from workers import process
 from workers.steps import pipeline_steps, step_of
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,47 @@ def run_pipeline(
 def prepare_pipeline(directory: Path | str, metadata: Path | str | None = None, clues: Path | str | None = None,
                      export: str | None = None, train: bool = False, source: str | None = None,
                      settings: Settings | None = None,
-                     encoding: str | None = None) -> tuple[int, tuple[str, list[int]] | None]:
-    """run_pipeline without the sending: the CLI follows the run while the first batches are sent (embedded: run)."""
+                     encoding: str | None = None) -> tuple[int, list[tuple[str, list[int]]], bool]:
+    """run_pipeline without the sending, so the CLI can follow the run while its batches are sent (embedded: done).
+    The same submission as an interrupted run (or one whose in-process runner died) resumes that run instead of
+    starting another. Returns (run id, batches to send by step, resumed)."""
     settings = settings or get_settings()
     params = pipeline_params(directory, metadata, clues, export, train, source, settings, encoding)
-    return create_run(pipeline_steps(export, train), params, "pipeline", settings)
+    steps = pipeline_steps(export, train)
+    owner = process.worker_id() if settings.embedded else None
+    with session_scope(settings.database_url) as session:
+        run = batches.resumable_run(session, {**params, "steps": steps}, process.is_dead_local)
+        if run is not None:
+            by_step: dict[str, list[int]] = {}
+            for batch_id, step in batches.reopen(session, run, owner):
+                by_step.setdefault(step, []).append(batch_id)
+            return run.id, list(by_step.items()), True
+    run_id, first = create_run(steps, {**params, "owner": owner} if owner else params, "pipeline", settings)
+    return run_id, [first] if first else [], False
+
+
+def continue_run(run_id: int, to_send: Sequence[tuple[str, list[int]]], settings: Settings) -> None:
+    """Send (embedded: do) the given batches, then hand the run over if its step is already over (a resumed run
+    that was interrupted between its last batch and the hand-over)."""
+    for step, batch_ids in to_send:
+        send(step, batch_ids, settings)
+    with session_scope(settings.database_url) as session:
+        run = batches.get_run(session, run_id)
+        current = run.step if run is not None and run.status == "running" else None
+    if current is not None and current != "done":
+        after_batch(run_id, current, settings)
+
+
+def interrupt_run(run_id: int, settings: Settings) -> bool:
+    with session_scope(settings.database_url) as session:
+        return batches.interrupt(session, run_id)
+
+
+def failed_items(run_id: int, settings: Settings) -> list[tuple[str, int, str, list[str]]]:
+    """(step, batch seq, error, items) of every failed batch: what `geocurate run` prints when a run is not done."""
+    with session_scope(settings.database_url) as session:
+        return [(b.step, b.seq, b.error or "", batches.batch_items(b.payload))
+                for b in batches.failed_batches(session, run_id)]
 
 
 def pipeline_params(directory: Path | str, metadata: Path | str | None, clues: Path | str | None, export: str | None,

@@ -177,8 +177,7 @@ def _image_sha(ref: str, base: Path) -> str | None:
     not be read: a device or FIFO (`/dev/zero` would be hashed for ever), a directory."""
     if SHA256.match(ref):
         return ref.lower()
-    from curation.clip import file_digest
-    from curation.files import UnsafeFile, check_readable
+    from curation.files import UnsafeFile, check_readable, file_digest
 
     candidate = Path(ref) if Path(ref).is_absolute() else base / ref
     try:

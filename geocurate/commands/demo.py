@@ -56,8 +56,10 @@ def demo(
     console.print(f"sample: {describe(sample)}")
 
     name = "demo-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    pipeline_commands.run(sample.images_dir, metadata=sample.metadata_csv, clues=sample.clues_jsonl, export=name,
-                          train=True, source="demo")
+    state = pipeline_commands.run_folder(sample.images_dir, metadata=sample.metadata_csv, clues=sample.clues_jsonl,
+                                         export=name, train=True, source="demo")
+    if state["status"] != "done":
+        raise typer.Exit(pipeline_commands.EXIT_CODES.get(state["status"], 1))
     console.rule("evaluation on the export's test split")
     training_commands.evaluate(name, adapters=None, base_only=False, as_json=False)
     console.rule("threshold report")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from geocurate.errors import UserError
 from geocurate.settings import get_settings
 
 POLL_SECONDS = 0.5
@@ -22,28 +22,119 @@ def run(
     export: str | None = typer.Option(None, "--export", help="Build this export when routing is done."),
     train: bool = typer.Option(False, "--train", help="Then train both LoRA stages on the export (needs --export)."),
     source: str | None = typer.Option(None, "--source", help="Source label stored with each image."),
+    encoding: str | None = typer.Option(None, "--encoding", help="Encoding of the metadata and clue files "
+                                        "(default UTF-8), e.g. latin-1."),
 ) -> None:
     """Submit the pipeline (ingest → score → route [→ export → train]) and follow it until it ends.
 
-    Embedded (no GEOCURATE_BROKER_URL): runs here, in-process. With a broker: workers started by `geocurate worker`
-    do the work; interrupting this command stops following, not the run."""
+    Embedded (no GEOCURATE_BROKER_URL): runs here, in-process; Ctrl-C stops it cleanly and running the same command
+    again resumes it. With a broker: workers started by `geocurate worker` do the work; Ctrl-C stops following,
+    not the run. Exit status: 0 when every item was processed or quarantined, 1 when batches failed (listed),
+    130 when interrupted."""
+    state = run_folder(directory, metadata, clues, export, train, source, encoding)
+    raise typer.Exit(EXIT_CODES.get(state["status"], 1))
+
+
+EXIT_CODES = {"done": 0, "partial": 1, "failed": 1, "interrupted": 130, "following_stopped": 130}
+
+
+def run_folder(directory: Path, metadata: Path | None = None, clues: Path | None = None, export: str | None = None,
+               train: bool = False, source: str | None = None, encoding: str | None = None) -> dict[str, Any]:
+    """Submit (or resume) the run, see it through, print its summary and what failed; returns its final state."""
     from db.engine import check_connection
     from db.migrate import upgrade
     from workers import pipeline
+    from workers.broker import check_broker
 
     settings = get_settings()
     if settings.embedded:
         upgrade(settings.database_url)  # the embedded store creates itself
     else:
         check_connection(settings.database_url)
-    run_id, first = pipeline.prepare_pipeline(directory, metadata, clues, export, train, source, settings)
-    sender = threading.Thread(target=_send, args=(first, settings), daemon=True) if first else None
-    if sender:
-        sender.start()
-    typer.echo(f"run {run_id}: {'embedded, in-process' if settings.embedded else 'queued on ' + _broker(settings)}")
-    final = follow(run_id, settings, sender)
-    if final["status"] != "done":
-        raise UserError(f"run {run_id} {final['status']} at step {final['step']}: {final['error'] or 'see geocurate status'}")
+        check_broker(settings)
+    run_id, to_send, resumed = pipeline.prepare_pipeline(directory, metadata, clues, export, train, source, settings,
+                                                         encoding)
+    where = "embedded, in-process" if settings.embedded else "queued on " + _broker(settings)
+    typer.echo(f"run {run_id}: {'resumed' if resumed else 'started'}, {where}")
+    if settings.embedded:
+        state = _run_here(run_id, to_send, settings)
+    else:
+        pipeline.continue_run(run_id, to_send, settings)
+        state = _follow_only(run_id, settings)
+    _report(run_id, state, settings)
+    return state
+
+
+def _run_here(run_id: int, to_send: list[tuple[str, list[int]]], settings) -> dict[str, Any]:
+    """Embedded: the work runs in this (main) thread, where Ctrl-C and SIGTERM arrive as KeyboardInterrupt; the
+    batch in hand is given back, the run is marked interrupted, and the progress display stops with it."""
+    from workers import pipeline
+
+    stop = threading.Event()
+    display = threading.Thread(target=follow, args=(run_id, settings, stop), daemon=True)
+    display.start()
+    try:
+        with _sigterm_as_interrupt():
+            pipeline.continue_run(run_id, to_send, settings)
+    except KeyboardInterrupt:
+        pipeline.interrupt_run(run_id, settings)
+    finally:
+        stop.set()
+        display.join()
+    return pipeline.run_progress(run_id, settings)
+
+
+def _follow_only(run_id: int, settings) -> dict[str, Any]:
+    from workers import pipeline
+
+    try:
+        follow(run_id, settings, threading.Event())
+    except KeyboardInterrupt:
+        state = pipeline.run_progress(run_id, settings)
+        if state["status"] == "running":
+            state["status"] = "following_stopped"
+        return state
+    return pipeline.run_progress(run_id, settings)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """`docker stop`, systemd and `kill` end an embedded run the way Ctrl-C does, not half-way through a write."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _report(run_id: int, state: dict[str, Any], settings) -> None:
+    """The summary table, then in words what the status means and, when it is not done, what failed."""
+    from rich.console import Console
+
+    from workers import pipeline
+
+    console = Console()
+    console.print(summary_table(run_id, state))
+    status = state["status"]
+    if status == "done":
+        typer.echo(f"run {run_id} done: every item was processed or quarantined (geocurate quarantine list)")
+        return
+    if status == "interrupted":
+        typer.secho(f"run {run_id} interrupted at step {state['step']}; run the same command again to resume it",
+                    err=True, fg=typer.colors.YELLOW)
+        return
+    if status == "following_stopped":
+        typer.echo(f"stopped following; run {run_id} goes on on the workers (geocurate status)", err=True)
+        return
+    typer.secho(f"run {run_id} {status} at step {state['step']}: {state['error'] or 'see geocurate status'}",
+                err=True, fg=typer.colors.RED)
+    for step, seq, error, items in pipeline.failed_items(run_id, settings):
+        shown = ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+        typer.echo(f"  failed: step {step}, batch {seq}: {error[:300]}\n    items: {shown}", err=True)
+    typer.echo("fix the cause and run the same command again: only the missing work is done", err=True)
 
 
 def _broker(settings) -> str:
@@ -52,14 +143,8 @@ def _broker(settings) -> str:
     return masked(settings.broker_url or "")
 
 
-def _send(first: tuple[str, list[int]], settings) -> None:
-    from workers import pipeline
-
-    pipeline.send(first[0], first[1], settings)
-
-
-def follow(run_id: int, settings, sender: threading.Thread | None) -> dict[str, Any]:
-    """Progress bars from store counts until the run ends; then the summary table."""
+def follow(run_id: int, settings, stop: threading.Event) -> dict[str, Any]:
+    """Progress bars from store counts until the run ends or `stop` is set."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -67,6 +152,7 @@ def follow(run_id: int, settings, sender: threading.Thread | None) -> dict[str, 
 
     console = Console()
     bars: dict[str, Any] = {}
+    stopping = False
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
                   TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=console,
                   transient=False) as progress:
@@ -81,17 +167,9 @@ def follow(run_id: int, settings, sender: threading.Thread | None) -> dict[str, 
                 if step not in bars:
                     bars[step] = progress.add_task(step, total=total, counts="")
                 progress.update(bars[step], total=total, completed=finished, counts=_counts_line(entry["totals"]))
-            if state["status"] != "running":
-                break
-            if settings.embedded and sender is not None and not sender.is_alive():
-                pipeline.reconcile(settings)  # a hand-over interrupted by an error is finished here
-                state = pipeline.run_progress(run_id, settings)
-                if state["status"] == "running":
-                    state["status"], state["error"] = "stopped", "the in-process run ended early (see the log)"
-                    break
-            time.sleep(POLL_SECONDS)
-    console.print(summary_table(run_id, state))
-    return state
+            if state["status"] != "running" or stopping:
+                return state
+            stopping = stop.wait(POLL_SECONDS)  # one more refresh after the stop: the bars end on the final counts
 
 
 def _counts_line(totals: dict[str, Any]) -> str:
