@@ -43,6 +43,7 @@ from curation.files import local_path
 from curation.splits import assign_groups, group_key, parse_split
 from db import exports as store
 from db.engine import session_scope
+from db.heartbeat import beating
 from db.models import Image, ImageEmbedding, ReviewTask
 from db.quarantine import quarantine
 from geocurate.errors import UserError
@@ -423,17 +424,23 @@ def build_export(session_url: str | None, name: str, threshold: float | None = N
         parameters = dict(threshold=threshold, scorer_version=scorer_version, split=list(fractions), seed=seed,
                           dedup_similarity=settings.dedup_similarity if dedup else None,
                           h3_resolution=settings.h3_resolution, embedding_version=embedding_version)
+        from workers.process import is_dead_local, worker_id
+
+        builder = worker_id()
         try:
             export_id = store.begin_export(session, name, scorer_version, threshold,
-                                           {**parameters, "images": images}, str(final_path.absolute()))
+                                           {**parameters, "images": images}, str(final_path.absolute()), builder,
+                                           settings.lease_seconds, is_dead_local)
         except FileExistsError:
             raise UserError(f"export {name!r} already exists; exports are immutable, choose a new name") from None
+        except store.ExportBusy as exc:
+            raise UserError(str(exc)) from None
 
     partial = root / f".{name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(partial, ignore_errors=True)  # ours now: a build that held the name died
     partial.mkdir(parents=True)
     try:
-        with session_scope(session_url) as session:
+        with _heartbeat(session_url, export_id, builder, settings), session_scope(session_url) as session:
             result = _write(session, export_id, name, partial, parameters, fractions, seed, images,
                             settings.h3_resolution, settings.dedup_similarity if dedup else None, embedding_version)
             os.replace(partial, final_path)
@@ -445,6 +452,20 @@ def build_export(session_url: str | None, name: str, threshold: float | None = N
         with session_scope(session_url) as session:
             store.fail_export(session, export_id)
         raise
+
+
+def _heartbeat(session_url: str | None, export_id: int, builder: str, settings):
+    """While the export builds, its row says it is alive, so a second build of the name waits instead of taking
+    it over. SQLite's single writer cannot beat during the build (see db.exports.begin_export)."""
+    url = session_url or settings.database_url
+    if url.startswith("sqlite"):
+        return contextlib.nullcontext()
+
+    def beat() -> None:
+        with session_scope(url) as session:
+            store.export_heartbeat(session, export_id, builder)
+
+    return beating(beat, settings.heartbeat_seconds, f"export-{export_id}")
 
 
 def _freeze(root: Path, images: str) -> None:

@@ -3,11 +3,13 @@ hash, and its items say which image (and clue) went into which split, so a train
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import timezone
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, Select, String, Table, and_, func, select, text
+from sqlalchemy import Column, Integer, MetaData, Select, Table, Text, and_, func, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import Clue, CluePair, Export, ExportItem, Image, Score, ScorerVersion, utcnow
@@ -67,25 +69,64 @@ def find_export(session: Session, name: str) -> Export | None:
     return session.scalar(select(Export).where(Export.name == name))
 
 
+class ExportBusy(RuntimeError):
+    """Another live process is building an export of this name."""
+
+
 def begin_export(session: Session, name: str, scorer_version: str, threshold: float, params: dict[str, Any],
-                 path: str) -> int:
-    """Create the export row in state "building"; a name that failed or died mid-build is reused, a finished one
-    never is (exports are immutable)."""
-    existing = find_export(session, name)
+                 path: str, builder: str, stale_after: float, is_dead: Callable[[str | None], bool]) -> int:
+    """Create the export row in state "building", held by `builder`. A name that failed, or whose builder died
+    (no heartbeat for `stale_after` seconds, or a process of this host that is gone), is built again; a name
+    being built by a live process is refused (ExportBusy), so a second `export NAME` never destroys the first's
+    work; a finished one is never reused (FileExistsError: exports are immutable)."""
+    existing = session.scalar(select(Export).where(Export.name == name).with_for_update())
+    now = utcnow()
     if existing is not None:
         if existing.status == "done":
             raise FileExistsError(name)
+        single_host = session.get_bind().dialect.name == "sqlite"
+        if existing.status == "building" and not _abandoned(existing, now, stale_after, is_dead, single_host):
+            raise ExportBusy(f"export {name!r} is being built by {existing.builder or 'another process'} (last "
+                             f"heartbeat {_ago(existing.heartbeat_at or existing.created_at, now)}); wait for it to "
+                             "finish, or choose another name")
         session.query(ExportItem).filter(ExportItem.export_id == existing.id).delete()
         existing.scorer_version, existing.threshold, existing.params = scorer_version, threshold, params
         existing.path, existing.status, existing.counts, existing.content_hash = path, "building", {}, None
-        existing.created_at = utcnow()
+        existing.created_at, existing.builder, existing.heartbeat_at = now, builder, now
         session.flush()
         return existing.id
     export = Export(name=name, scorer_version=scorer_version, threshold=threshold, params=params, path=path,
-                    status="building", counts={}, created_at=utcnow())
+                    status="building", counts={}, created_at=now, builder=builder, heartbeat_at=now)
     session.add(export)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:  # a concurrent build inserted the same name first
+        raise ExportBusy(f"export {name!r} is being built by another process; choose another name") from None
     return export.id
+
+
+def _abandoned(export: Export, now, stale_after: float, is_dead: Callable[[str | None], bool],
+               single_host: bool) -> bool:
+    """SQLite is one host's file, and its single writer cannot take a heartbeat while the build writes: there,
+    only a builder process that is gone makes a build abandoned."""
+    if is_dead(export.builder) or single_host:
+        return is_dead(export.builder)
+    beat = export.heartbeat_at or export.created_at
+    if beat.tzinfo is None:  # SQLite returns naive UTC
+        beat = beat.replace(tzinfo=timezone.utc)
+    return (now - beat).total_seconds() > stale_after
+
+
+def _ago(moment, now) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return f"{max(0, int((now - moment).total_seconds()))} s ago"
+
+
+def export_heartbeat(session: Session, export_id: int, builder: str) -> None:
+    session.execute(update(Export).where(Export.id == export_id, Export.builder == builder,
+                                         Export.status == "building").values(heartbeat_at=utcnow()))
 
 
 def finish_export(session: Session, export_id: int, counts: dict[str, Any], content_hash: str) -> None:
@@ -110,7 +151,7 @@ def create_group_table(session: Session) -> Table:
     table = Table(
         GROUP_TABLE, MetaData(),
         Column("image_id", Integer, primary_key=True, autoincrement=False),
-        Column("group_key", String(200), nullable=False),
+        Column("group_key", Text, nullable=False),  # a city name of any length makes a key
         prefixes=["TEMPORARY"],
     )
     connection = session.connection()

@@ -175,6 +175,8 @@ class Export(Base):
     content_hash: Mapped[str | None] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(20), default="building")  # building / done / failed
+    builder: Mapped[str | None] = mapped_column(String(200))  # host:pid building it
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # renewed while it builds
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

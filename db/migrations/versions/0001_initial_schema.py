@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-30 20:24:37.919852
+Create Date: 2026-11-30 20:36:59.458083
 """
 from alembic import op
 import sqlalchemy as sa
@@ -36,6 +36,8 @@ def upgrade() -> None:
     sa.Column('content_hash', sa.String(length=64), nullable=True),
     sa.Column('path', sa.Text(), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
+    sa.Column('builder', sa.String(length=200), nullable=True),
+    sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
