@@ -14,6 +14,7 @@ clues_app = typer.Typer(help="Clue texts: place recognition and pairing with ima
 def ingest_clues_command(
     file: Path = typer.Argument(..., help="JSONL or CSV with text, source, optional country, optional image."),
     source: str = typer.Option(None, help="Source recorded for lines that name none (default: the file name)."),
+    encoding: str = typer.Option(None, help="The file's encoding (default UTF-8), e.g. latin-1, cp1252."),
 ) -> None:
     """Load clue texts, keep each with its decision (accepted / rejected / review) and print counts per outcome."""
     from curation.clues.ingest import ingest_clues
@@ -24,7 +25,7 @@ def ingest_clues_command(
     check_connection(url)
     try:
         with session_scope(url) as session:
-            summary = ingest_clues(session, file, source=source)
+            summary = ingest_clues(session, file, source=source, encoding=encoding)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
     for outcome, count in summary.counts().items():
