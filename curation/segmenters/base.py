@@ -23,6 +23,7 @@ UNLABELED = -1
 class Segmentation:
     class_ratios: dict[int, float]
     image_embedding: np.ndarray | None = None  # whole-image CLIP vector when the segmenter computed it anyway
+    size: tuple[int, int] | None = None  # (width, height) the ratios were measured at: the working size
 
 
 @dataclass
@@ -46,6 +47,7 @@ class StageTimer:
 class Segmenter(Protocol):
     params: dict[str, Any]  # everything that changes its output; hashed into the scorer version
     timer: StageTimer
+    max_side: int | None  # working size: longer side of what is segmented (None: the image as it comes)
 
     def segment(self, images: list[Image.Image]) -> list[Segmentation]:
         """One Segmentation per RGB image, same order."""

@@ -13,6 +13,7 @@ from PIL import Image
 
 from curation.device import resolve_device, resolve_dtype
 from curation.locatability import NUM_CLASSES
+from curation.scoring import to_working_size
 from curation.segmenters.base import Segmentation, StageTimer, folder_digest, ratios_from_label_map
 from geocurate.errors import UserError
 
@@ -56,14 +57,16 @@ def load_segmentation_model(name_or_path: str, demo: bool) -> tuple[torch.nn.Mod
 
 class MaskFormerSegmenter:
     def __init__(self, model: torch.nn.Module, processor: Any, *, identity: str, device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 8) -> None:
+                 dtype: str = "auto", batch_size: int = 8, max_side: int | None = None) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device, self.dtype)
         self.processor = processor
         self.batch_size = batch_size
+        self.max_side = max_side
         self.timer = StageTimer()
-        self.params: dict[str, Any] = {"segmenter": "maskformer", "model": identity, "dtype": str(self.dtype)}
+        self.params: dict[str, Any] = {"segmenter": "maskformer", "model": identity, "dtype": str(self.dtype),
+                                       "max_side": max_side}
 
     @classmethod
     def from_settings(cls, settings, **overrides: Any) -> "MaskFormerSegmenter":
@@ -71,15 +74,17 @@ class MaskFormerSegmenter:
         # On a CPU one image per forward pass was faster than batches (bench/score_throughput.py: 0.38x batched).
         on_gpu = resolve_device(settings.device).type == "cuda"
         options = dict(identity=identity, device=settings.device, dtype=settings.score_dtype,
-                       batch_size=settings.score_batch_size if on_gpu else 1)
+                       batch_size=settings.score_batch_size if on_gpu else 1, max_side=settings.score_max_side)
         options.update(overrides)
         return cls(model, processor, **options)
 
     @torch.inference_mode()
     def segment(self, images: list[Image.Image]) -> list[Segmentation]:
+        """Labels are upsampled to the working size, not the file's: 150 float channels per pixel are what cost memory
+        here (4000x3000 would take 7 GB)."""
         results: list[Segmentation] = []
         for start in range(0, len(images), self.batch_size):
-            chunk = [im.convert("RGB") for im in images[start : start + self.batch_size]]
+            chunk = [to_working_size(im, self.max_side) for im in images[start : start + self.batch_size]]
             with self.timer.stage("segmentation_model"):
                 inputs = self.processor(images=chunk, return_tensors="pt")
                 pixels = inputs["pixel_values"].to(self.device, self.dtype)
@@ -89,7 +94,8 @@ class MaskFormerSegmenter:
                 maps = self.processor.post_process_semantic_segmentation(
                     outputs, target_sizes=[(im.height, im.width) for im in chunk]
                 )
-                results.extend(Segmentation(ratios_from_label_map(np.asarray(m.cpu()))) for m in maps)
+                results.extend(Segmentation(ratios_from_label_map(np.asarray(m.cpu())), size=im.size)
+                               for m, im in zip(maps, chunk))
         return results
 
 

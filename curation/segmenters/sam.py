@@ -26,6 +26,7 @@ from PIL import Image
 from curation.clip import ClipModel, file_digest, load_clip
 from curation.device import resolve_device, resolve_dtype
 from curation.locatability import NUM_CLASSES, short_name
+from curation.scoring import to_working_size
 from curation.segmenters.base import UNLABELED, Segmentation, StageTimer, folder_digest, ratios_from_label_map
 from geocurate.errors import UserError
 
@@ -262,6 +263,7 @@ class SamSegmenter:
         fast_masks: bool = True,
         skip_hidden_masks: bool = True,
         image_embeddings: bool = True,
+        max_side: int | None = None,
     ) -> None:
         from segment_anything import SamAutomaticMaskGenerator
 
@@ -277,6 +279,7 @@ class SamSegmenter:
         self.encoder_batch_size = encoder_batch_size
         self.skip_hidden_masks = skip_hidden_masks
         self.image_embeddings = image_embeddings
+        self.max_side = max_side
         generator_class = fast_mask_generator_class() if fast_masks else SamAutomaticMaskGenerator
         self.generator = generator_class(
             self.sam, points_per_side=points_per_side, crop_n_layers=crop_n_layers, pred_iou_thresh=pred_iou_thresh,
@@ -292,7 +295,7 @@ class SamSegmenter:
             "points_per_side": points_per_side, "crop_n_layers": crop_n_layers, "pred_iou_thresh": pred_iou_thresh,
             "stability_score_thresh": stability_score_thresh, "min_mask_region_area": min_mask_region_area,
             "clip": clip.version, "prompt_template": prompt_template, "crop_rule": CROP_RULE,
-            "overlap_rule": OVERLAP_RULE,
+            "overlap_rule": OVERLAP_RULE, "max_side": max_side,
         }
 
     @classmethod
@@ -308,7 +311,8 @@ class SamSegmenter:
             sam_identity=identity, prompt_template=settings.clip_prompt_template,
             points_per_side=settings.sam_points_per_side, crop_n_layers=settings.sam_crop_n_layers,
             min_mask_region_area=settings.sam_min_mask_region_area, device=settings.device, dtype=settings.score_dtype,
-            clip_batch_size=settings.clip_batch_size, encoder_batch_size=settings.score_batch_size, **filters,
+            clip_batch_size=settings.clip_batch_size, encoder_batch_size=settings.score_batch_size,
+            max_side=settings.score_max_side, **filters,
         )
         options.update(overrides)
         segmenter = cls(sam, clip or load_clip(settings), **options)
@@ -372,7 +376,9 @@ class SamSegmenter:
         return classes, embeddings
 
     def segment(self, images: list[Image.Image]) -> list[Segmentation]:
-        images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+        """Masks are generated at the working size: every candidate mask is a full-size array, so the file's pixel
+        count would otherwise set the memory."""
+        images = [to_working_size(im, self.max_side) for im in images]
         arrays = [np.asarray(im) for im in images]
         with self.timer.stage("sam_encoder"):
             features = self.encode(arrays)
@@ -384,5 +390,5 @@ class SamSegmenter:
         for proposal, mask_classes, embedding in zip(proposals, classes, embeddings):
             labels = np.where(proposal.owner >= 0, mask_classes[np.maximum(proposal.owner, 0)], UNLABELED) \
                 if len(mask_classes) else proposal.owner
-            results.append(Segmentation(ratios_from_label_map(labels), embedding))
+            results.append(Segmentation(ratios_from_label_map(labels), embedding, size=labels.shape[::-1]))
         return results
