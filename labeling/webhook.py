@@ -3,27 +3,29 @@
 Label Studio sends each webhook once and drops it if delivery fails, so the receiver only enqueues a pull of the
 named task and the periodic `sync_annotations` pull stays the source of truth. Requests must carry the shared
 secret (`X-Geocurate-Secret`, set on the webhook by `geocurate review push`); anything else gets 401 and
-changes nothing. It answers at once and pulls in the background, because Label Studio waits for the answer
-while the annotator's save is in flight.
+changes nothing, before a byte of the body is read; an authenticated but malformed event gets 4xx with the reason
+(labeling/webhook_payload.py). It answers at once and pulls in the background, because Label Studio waits for the
+answer while the annotator's save is in flight.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI, Header, HTTPException, Request
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from geocurate.settings import Settings, get_settings
 from labeling.projects import SECRET_HEADER, WEBHOOK_PATH
+from labeling.webhook_payload import Refused, named_ids, parse_event, read_body
 
 log = logging.getLogger(__name__)
 
 TaskHandler = Callable[[int], None]
-ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
 
 
 def pull_task(task_id: int) -> None:
@@ -32,8 +34,11 @@ def pull_task(task_id: int) -> None:
 
     try:
         pull_annotations(task_ids=[task_id])
-    except Exception:  # noqa: BLE001 - a failed hint is not fatal: the periodic pull catches up
-        log.exception("pull of Label Studio task %s after a webhook failed; the periodic sync will retry", task_id)
+    except Exception as exc:  # noqa: BLE001 - a failed hint is not fatal: the periodic pull catches up
+        from geocurate.failures import explain
+
+        log.error("pull of Label Studio task %s after a webhook failed (%s); the periodic sync will retry",
+                    task_id, explain(exc)[0])
 
 
 def default_handler(settings: Settings | None = None) -> TaskHandler:
@@ -46,31 +51,12 @@ def default_handler(settings: Settings | None = None) -> TaskHandler:
     return lambda task_id: sync_annotations.delay(task_ids=[task_id])
 
 
-def _ids(value: Any) -> Iterable[int]:
-    items = value if isinstance(value, list) else [value]
-    for item in items:
-        if isinstance(item, dict) and isinstance(item.get("id"), int):
-            yield item["id"]
-        elif isinstance(item, int):
-            yield item
-
-
 def task_ids_of(payload: dict[str, Any], settings: Settings) -> set[int]:
-    """Label Studio task ids an event concerns. Deletions name only annotation ids: their tasks come from the
-    store, which is exactly where the deleted annotations still are."""
-    action = payload.get("action")
-    if action not in ANNOTATION_ACTIONS:
-        return set()
-    if action != "ANNOTATIONS_DELETED":
-        found = set(_ids(payload.get("task") or []))
-        annotation = payload.get("annotation") or []
-        for item in annotation if isinstance(annotation, list) else [annotation]:
-            if isinstance(item, dict) and isinstance(item.get("task"), int):
-                found.add(item["task"])
-        return found
-    annotation_ids = list(_ids(payload.get("annotations") or []))
+    """Label Studio task ids an event concerns (Refused when its ids are not ids). Deletions name only annotation
+    ids: their tasks come from the store, which is exactly where the deleted annotations still are."""
+    task_ids, annotation_ids = named_ids(payload)
     if not annotation_ids:
-        return set()
+        return task_ids
     from db.engine import session_scope
     from db.models import Annotation, ReviewTask
 
@@ -100,12 +86,10 @@ def create_app(on_task_changed: TaskHandler | None = None) -> FastAPI:
         if not expected or not secret or not hmac.compare_digest(secret.encode(), expected.encode()):
             raise HTTPException(status_code=401, detail="missing or wrong webhook secret")
         try:
-            payload = await request.json()
-        except ValueError:
-            raise HTTPException(status_code=400, detail="body is not JSON") from None
-        if not isinstance(payload, dict):
-            raise HTTPException(status_code=400, detail="body is not a JSON object")
-        task_ids = task_ids_of(payload, settings)
+            payload = parse_event(await read_body(request, settings.webhook_max_body_bytes))
+            task_ids = await run_in_threadpool(task_ids_of, payload, settings)
+        except Refused as refused:
+            raise HTTPException(status_code=refused.status, detail=refused.detail) from None
         if task_ids and not handler:
             handler.append(default_handler(settings))
         for task_id in sorted(task_ids):

@@ -366,25 +366,16 @@ def test_an_unknown_country_is_quarantined_and_the_label_still_counts(sqlite_sto
 
 @pytest.fixture
 def webhook_receiver(monkeypatch) -> Iterator[str]:
-    import uvicorn
-
     from labeling.webhook import create_app
-
+    from tests.asgi_server import serving
     from tests.labelstudio_server import free_port
 
     port = free_port()
     monkeypatch.setenv("GEOCURATE_WEBHOOK_SECRET", "hook-secret")
     monkeypatch.setenv("GEOCURATE_WEBHOOK_URL", f"http://127.0.0.1:{port}/webhook")
     reload_settings()
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(), port) as url:
+        yield url
 
 
 def wait_for(condition, timeout: float = 30.0) -> bool:
