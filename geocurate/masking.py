@@ -166,13 +166,29 @@ def scrub(text: str, settings: "Settings | None" = None) -> str:
     return _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
 
 
+def _scrubbed_argument(value: object) -> object:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = str(value)
+    clean = scrub(text)
+    return value if clean == text else clean
+
+
 class ScrubFilter(logging.Filter):
-    """Scrubs a record's message, traceback and stack before any handler formats it. On a handler it sees every
-    record that reaches the handler, including those propagated from child loggers."""
+    """Scrubs a record's message, arguments, traceback and stack before any handler formats it. On a handler it
+    sees every record that reaches the handler, including those propagated from child loggers. The arguments keep
+    their shape, since some formatters read them (uvicorn's access log unpacks them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
-            record.msg, record.args = scrub(record.getMessage()), None
+            record.msg = scrub(record.msg) if isinstance(record.msg, str) else _scrubbed_argument(record.msg)
+            if isinstance(record.args, tuple):
+                record.args = tuple(_scrubbed_argument(a) for a in record.args)
+            elif isinstance(record.args, dict):
+                record.args = {k: _scrubbed_argument(v) for k, v in record.args.items()}
+            message = record.getMessage()
+            if scrub(message) != message:  # a secret put together from the message and its arguments
+                record.msg, record.args = scrub(message), None
         except Exception:  # noqa: BLE001 - a malformed record is logging's problem to report, not ours
             return True
         if record.exc_info and not record.exc_text:
