@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 import httpx
 
 from geocurate.errors import UserError
+from geocurate.masking import mask_url, scrub
 from geocurate.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -77,11 +78,22 @@ def backoff_delay(attempt: int, cap: float) -> float:
     return random.uniform(0, min(cap, BACKOFF_BASE_S * 2**attempt))
 
 
-def describe(exc: BaseException) -> str:
+def describe(exc: BaseException, settings: Settings | None = None) -> str:
+    """One scrubbed line: a rejected request's body may quote what was sent (the webhook's secret header)."""
     status = getattr(exc, "status_code", None)
     text = str(getattr(exc, "body", None) or exc).strip().splitlines()
-    first = text[0][:500] if text else type(exc).__name__
+    first = scrub(text[0][:500], settings) if text else type(exc).__name__
     return f"HTTP {status}: {first}" if status else f"{type(exc).__name__}: {first}"
+
+
+def unavailable(what: str, attempts: int, exc: BaseException, settings: Settings) -> LabelStudioUnavailable:
+    """The last failure as one line naming the server, its password masked."""
+    where = mask_url(settings.label_studio_url or "")
+    head = (f"cannot reach Label Studio at {where}: {what} failed" if isinstance(exc, httpx.TransportError)
+            else f"Label Studio at {where} failed {what}")
+    return LabelStudioUnavailable(
+        f"{head} {attempts} times ({describe(exc, settings)}); nothing is half-written: rerun when it is back"
+    )
 
 
 def call(what: str, fn: Callable[[], T], settings: Settings | None = None,
@@ -101,15 +113,12 @@ def call(what: str, fn: Callable[[], T], settings: Settings | None = None,
         except Exception as exc:  # noqa: BLE001 - classified below
             if not is_transient(exc):
                 if isinstance(exc, ApiError):
-                    raise LabelStudioRejected(f"Label Studio refused {what}: {describe(exc)}") from exc
+                    raise LabelStudioRejected(f"Label Studio refused {what}: {describe(exc, settings)}") from exc
                 raise
             if attempt + 1 >= attempts:
-                raise LabelStudioUnavailable(
-                    f"Label Studio at {settings.label_studio_url} failed {what} {attempts} times ({describe(exc)}); "
-                    "nothing is half-written: rerun when it is back"
-                ) from exc
+                raise unavailable(what, attempts, exc, settings) from exc
             delay = backoff_delay(attempt, settings.retry_backoff_max)
-            log.warning("Label Studio %s failed (%s); retry %d/%d in %.1fs", what, describe(exc), attempt + 1,
-                        attempts - 1, delay)
+            log.warning("Label Studio %s failed (%s); retry %d/%d in %.1fs", what, describe(exc, settings),
+                        attempt + 1, attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")

@@ -39,6 +39,7 @@ def demo(
     from geocurate.commands import exports as export_commands
     from geocurate.commands import pipeline as pipeline_commands
     from geocurate.commands import training as training_commands
+    from geocurate.masking import mask_url
     from geocurate.sample_data import describe, generate_sample
     from geocurate.settings import reload_settings
 
@@ -50,7 +51,8 @@ def demo(
     console = Console()
     console.print(f"[bold yellow]{DEMO_BANNER}[/]")
     console.print(f"demo threshold {settings.threshold} (paper: 0.4), review band [{settings.review_band_low}, "
-                  f"{settings.review_band_high}), SAM grid {settings.sam_points_per_side}²; store {settings.database_url}")
+                  f"{settings.review_band_high}), SAM grid {settings.sam_points_per_side}²; "
+                  f"store {mask_url(settings.database_url)}")
 
     sample = generate_sample(Path(settings.data_dir) / "sample", n_images=images, n_clues=clues, seed=seed)
     console.print(f"sample: {describe(sample)}")

@@ -31,6 +31,10 @@ def export(
         raise UserError(f"--images must be link or copy, not {images!r}")
     settings = get_settings()
     check_connection(settings.database_url)
+    if train:
+        from workers.broker import check_broker
+
+        check_broker(settings)  # before the export is built, not after
     result = build_export(settings.database_url, name, threshold=threshold, scorer_version=scorer_version, split=split,
                           seed=seed, images=images, dedup=not no_dedup)
     location = result.counts["location"]

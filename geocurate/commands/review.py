@@ -25,6 +25,15 @@ def _kind(kind: Kind | None) -> str | None:
     return KINDS[kind.value] if kind else None
 
 
+def _store() -> str:
+    """The store's URL, once it answers: an unreachable store is one line before anything else is touched."""
+    from db.engine import check_connection
+
+    url = get_settings().database_url
+    check_connection(url)
+    return url
+
+
 @review_app.command("route")
 def route(scorer_version: str = typer.Option(None, help="Scorer version whose band to route; default: the newest.")) -> None:
     """Queue borderline images (score in the review band) and clues assessed as review."""
@@ -34,7 +43,7 @@ def route(scorer_version: str = typer.Option(None, help="Scorer version whose ba
     from db.models import ScorerVersion
     from labeling.routing import route_for_review
 
-    with session_scope() as session:
+    with session_scope(_store()) as session:
         version = scorer_version or session.scalar(
             select(ScorerVersion.version).order_by(ScorerVersion.created_at.desc()).limit(1)
         )
@@ -51,7 +60,7 @@ def push(kind: Kind = typer.Option(None, help="Only images or only clues."),
     """Create Label Studio tasks for queued items (never twice), with the machine's prediction."""
     from labeling.push import push_tasks
 
-    summary = push_tasks(get_settings().database_url, kind=_kind(kind), limit=limit)
+    summary = push_tasks(_store(), kind=_kind(kind), limit=limit)
     projects = ", ".join(f"{k}: project {v}" for k, v in summary.projects.items()) or "nothing to push"
     typer.echo(f"created {summary.created} tasks, adopted {summary.reconciled} existing, "
                f"quarantined {summary.quarantined} ({projects})")
@@ -62,7 +71,7 @@ def pull() -> None:
     """Bring every annotation back into the store and resolve each task's decision."""
     from labeling.pull import pull_annotations
 
-    s = pull_annotations(get_settings().database_url)
+    s = pull_annotations(_store())
     typer.echo(f"pulled {s.tasks} tasks, {s.annotations} annotations ({s.deleted} deleted since last pull): "
                f"{s.done} done, {s.conflicted} conflicted, {s.pending} pending; {s.changed} decisions changed"
                + (f"; {s.quarantined} unknown countries quarantined" if s.quarantined else ""))
@@ -76,7 +85,7 @@ def list_queue(kind: Kind = typer.Option(None, help="Only images or only clues."
     from db.engine import session_scope
     from db.review import review_queue
 
-    with session_scope() as session:
+    with session_scope(_store()) as session:
         rows = review_queue(session, _kind(kind), states=state, limit=limit)
     table = Table(title="review queue")
     for column in ("id", "kind", "item", "priority", "state", "label", "country", "LS task", "reason"):
@@ -98,7 +107,7 @@ def decide(review_task_id: int = typer.Argument(..., help="Row id from `geocurat
     from db.review import set_decision
     from labeling.configs import interface_for
 
-    with session_scope() as session:
+    with session_scope(_store()) as session:
         task = session.get(ReviewTask, review_task_id)
         if task is None:
             raise UserError(f"no review task {review_task_id}; see `geocurate review list`")
@@ -120,7 +129,7 @@ def stats() -> None:
     from db.engine import session_scope
     from labeling.stats import review_stats
 
-    with session_scope() as session:
+    with session_scope(_store()) as session:
         result = review_stats(session)
     for p in result:
         states = p.states
@@ -136,15 +145,20 @@ def stats() -> None:
 def webhook(host: str = typer.Option(None, help="Bind address (default GEOCURATE_WEBHOOK_HOST)."),
             port: int = typer.Option(None, help="Port (default GEOCURATE_WEBHOOK_PORT).")) -> None:
     """Receive Label Studio's annotation webhooks and pull the annotated task."""
+    import logging
+
     import uvicorn
 
+    from geocurate.masking import scrub_logs
     from labeling.webhook import create_app, default_handler
 
     settings = get_settings()
     if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
         raise UserError("GEOCURATE_WEBHOOK_SECRET is not set: the receiver would reject every webhook")
-    uvicorn.run(create_app(default_handler(settings)), host=host or settings.webhook_host,
-                port=port or settings.webhook_port, log_level="info")
+    config = uvicorn.Config(create_app(default_handler(settings)), host=host or settings.webhook_host,
+                            port=port or settings.webhook_port, log_level="info")  # configures uvicorn's logging
+    scrub_logs(*(logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "uvicorn.access")))
+    uvicorn.Server(config).run()
 
 
 def register(app: typer.Typer, ingest_app: typer.Typer) -> None:

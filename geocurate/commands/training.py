@@ -18,6 +18,14 @@ class Stage(str, Enum):
     both = "both"
 
 
+def _check_store() -> None:
+    """Training and evaluation record their runs in the store: find out it is unreachable before loading a model."""
+    from db.engine import check_connection
+    from geocurate.settings import get_settings
+
+    check_connection(get_settings().database_url)
+
+
 def resolve_export(export: str) -> Path:
     """An export folder path, or the name of an export under settings.export_dir."""
     from geocurate.settings import get_settings
@@ -37,6 +45,7 @@ def train(
     from training.stages import train_both, train_stage
 
     export_dir = resolve_export(export)
+    _check_store()
     if stage is Stage.both:
         results = train_both(export_dir, adapters_dir=adapters)
     else:
@@ -66,7 +75,9 @@ def evaluate(
 
     from training.evaluate import evaluate_export, format_table
 
-    metrics = evaluate_export(resolve_export(export), adapters_dir=adapters, base_only=base_only)
+    export_dir = resolve_export(export)
+    _check_store()
+    metrics = evaluate_export(export_dir, adapters_dir=adapters, base_only=base_only)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
         return
