@@ -237,3 +237,26 @@ def test_class_fractions_at_the_working_size_match_full_size():
     assert max(differences) <= 0.002
     assert sum(differences) <= 0.01
 
+
+@pytest.mark.parametrize("crop_n_layers", [0, 1])
+def test_bounded_memory_mask_generator_keeps_the_stock_candidates(monkeypatch, crop_n_layers):
+    """One mask per chunk, two decoder batches, the quality filters on and NMS off: every candidate the stock
+    generator keeps, the chunked, bit-packed one keeps too, pixel for pixel and in the same order."""
+    import curation.segmenters.sam as sam_module
+
+    monkeypatch.setattr(sam_module, "MASK_CHUNK_BYTES", 1)
+    clip = build_clip("unused", None, demo=True, dtype="float32")
+    array = np.asarray(street_image(1, (256, 192)))
+    outputs = []
+    for fast in (False, True):
+        segmenter = SamSegmenter(build_tiny_sam(), clip, sam_identity="t", prompt_template="{name}",
+                                 points_per_side=9, crop_n_layers=crop_n_layers, pred_iou_thresh=0.25,
+                                 stability_score_thresh=0.55, dtype="float32", fast_masks=fast)
+        segmenter.generator.box_nms_thresh = 1.01  # keep every candidate: compare all of them, not one survivor
+        segmenter.generator.stability_score_offset = 0.01  # random logits sit near 0: make the filter bite
+        outputs.append(segmenter.generator.generate(array))
+    stock, fast = outputs
+    assert 0 < len(fast) < 81 * 3 * (1 + 4 * crop_n_layers)  # the filters dropped some, kept some
+    assert len(fast) == len(stock)
+    assert all(np.array_equal(a["segmentation"], b["segmentation"]) for a, b in zip(stock, fast))
+    assert [a["predicted_iou"] for a in stock] == [b["predicted_iou"] for b in fast]

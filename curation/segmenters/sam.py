@@ -34,6 +34,7 @@ CROP_RULE = "bbox-square-gray"  # how a mask becomes a CLIP input; part of the s
 OVERLAP_RULE = "smallest-mask-wins"
 BACKGROUND = (124, 116, 104)  # CLIP's mean colour: masked-out pixels carry no signal
 ATTENTION_CHUNK_BYTES = 24 << 20  # below glibc's mmap threshold, so chunks reuse heap memory instead of page-faulting
+MASK_CHUNK_BYTES = 64 << 20  # full-size float mask logits upscaled at once (FastMaskGenerator)
 
 
 def sam_builders() -> dict[str, Any]:
@@ -96,12 +97,30 @@ def use_chunked_attention(sam: torch.nn.Module) -> None:
         block.attn.forward = types.MethodType(_chunked_attention_forward, block.attn)
 
 
+def _unpack_kept(parts: list, keep: torch.Tensor, width: int) -> torch.Tensor:
+    """Boolean masks of the candidates NMS kept; `keep` indexes the concatenation of the parts' packed masks, which
+    is never built (it would double the largest array of the crop)."""
+    starts = np.cumsum([0] + [len(part["masks"]) for part in parts])
+    index = keep.cpu().numpy()
+    owners = np.searchsorted(starts, index, side="right") - 1  # an empty part shares its start with the next one
+    rows = [parts[owner]["masks"][i - starts[owner]] for owner, i in zip(owners, index)]
+    packed = np.stack(rows) if rows else parts[0]["masks"][:0]
+    return torch.from_numpy(np.unpackbits(packed, axis=-1, count=width).view(bool))
+
+
 def fast_mask_generator_class():
-    """SamAutomaticMaskGenerator that keeps masks as boolean tensors from decoder to output.
+    """SamAutomaticMaskGenerator that keeps masks as boolean tensors from decoder to output, in bounded memory.
 
     The stock generator run-length-encodes every candidate mask before NMS (a Python loop that is quadratic in the
     number of masks, then deep-copied per batch) and decodes the survivors again. Keeping tensors gives the same
-    masks; RLEs are only built for the survivors when min_mask_region_area needs them."""
+    masks; RLEs are only built for the survivors when min_mask_region_area needs them.
+
+    Memory: the stock step upscales a whole batch of decoder logits at once (64 points x 3 masks of full-size floats:
+    600 MB at 1024x768) and keeps every candidate as a full-size bool until NMS, concatenating them batch by batch
+    (twice the candidates at the last batch: 1.6 GB at points_per_side 16). Here logits are upscaled
+    MASK_CHUNK_BYTES at a time and each candidate is kept as packed bits (1/8 of a bool) until NMS has picked the
+    survivors. The decoder still runs on the same batches, and the per-mask steps are elementwise, so the masks and
+    their order are the stock ones."""
     from segment_anything import SamAutomaticMaskGenerator
     from segment_anything.utils.amg import (
         MaskData,
@@ -138,45 +157,67 @@ def fast_mask_generator_class():
             cropped_im_size = cropped_im.shape[:2]
             self.predictor.set_image(cropped_im)
             points_for_image = self.point_grids[crop_layer_idx] * np.array(cropped_im_size)[None, ::-1]
-            data = MaskData()
-            for (points,) in batch_iterator(self.points_per_batch, points_for_image):
-                data.cat(self._process_batch(points, cropped_im_size, crop_box, orig_size))
+            parts = [part for (points,) in batch_iterator(self.points_per_batch, points_for_image)
+                     for part in self._process_batch(points, cropped_im_size, crop_box, orig_size)]
             self.predictor.reset_image()
+            data = MaskData(**{key: torch.cat([part[key] for part in parts]) for key, _ in parts[0].items()
+                               if key != "masks"})  # NMS needs boxes and scores only
             keep_by_nms = batched_nms(
                 data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"])),
                 iou_threshold=self.box_nms_thresh,
             )
             data.filter(keep_by_nms)
+            data["masks"] = _unpack_kept(parts, keep_by_nms, cropped_im_size[1])
             data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
             data["points"] = uncrop_points(data["points"], crop_box)
             data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["masks"]))])
             data["masks"] = uncrop_masks(data["masks"], crop_box, *orig_size)
             return data
 
-        def _process_batch(self, points, im_size, crop_box, orig_size) -> MaskData:
-            orig_h, orig_w = orig_size
-            transformed = self.predictor.transform.apply_coords(points, im_size)
-            in_points = torch.as_tensor(transformed, device=self.predictor.device)
-            in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-            masks, iou_preds, _ = self.predictor.predict_torch(
-                in_points[:, None, :], in_labels[:, None], multimask_output=True, return_logits=True
-            )
-            data = MaskData(masks=masks.flatten(0, 1), iou_preds=iou_preds.flatten(0, 1),
-                            points=torch.as_tensor(points.repeat(masks.shape[1], axis=0)))
-            del masks
+        def _process_batch(self, points, im_size, crop_box, orig_size) -> list[MaskData]:
+            """Candidates of one decoder batch, in chunks whose masks are packed bits (in crop coordinates)."""
+            low_res, iou_preds = self._decode(points, im_size)
+            data = MaskData(low_res=low_res.flatten(0, 1), iou_preds=iou_preds.flatten(0, 1),
+                            points=torch.as_tensor(points.repeat(low_res.shape[1], axis=0)))
             if self.pred_iou_thresh > 0.0:
                 data.filter(data["iou_preds"] > self.pred_iou_thresh)
-            data["stability_score"] = calculate_stability_score(
-                data["masks"], self.predictor.model.mask_threshold, self.stability_score_offset
+            model = self.predictor.model
+            mask_bytes = 4 * (model.image_encoder.img_size ** 2 + int(np.prod(im_size)))  # upscaled twice
+            per_chunk = max(1, MASK_CHUNK_BYTES // mask_bytes)
+            return [self._binarize(MaskData(**{key: value[start : start + per_chunk] for key, value in data.items()}),
+                                   crop_box, orig_size)
+                    for start in range(0, max(1, len(data["iou_preds"])), per_chunk)]
+
+        def _decode(self, points: np.ndarray, im_size) -> tuple[torch.Tensor, torch.Tensor]:
+            """SamPredictor.predict_torch up to the mask decoder: low-resolution logits and predicted IoUs."""
+            predictor, model = self.predictor, self.predictor.model
+            coords = torch.as_tensor(predictor.transform.apply_coords(points, im_size), device=predictor.device)
+            labels = torch.ones(len(coords), dtype=torch.int, device=coords.device)
+            sparse, dense = model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
+            return model.mask_decoder(
+                image_embeddings=predictor.features, image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
             )
+
+        def _binarize(self, chunk: MaskData, crop_box, orig_size) -> MaskData:
+            """The stock per-mask steps on one chunk: full-size logits, stability score, binary mask, box, and the
+            stability and crop-edge filters. The float logits live only inside this call."""
+            model = self.predictor.model
+            logits = model.postprocess_masks(chunk["low_res"][:, None], self.predictor.input_size,
+                                             self.predictor.original_size)[:, 0]
+            del chunk["low_res"]
+            chunk["stability_score"] = calculate_stability_score(
+                logits, model.mask_threshold, self.stability_score_offset
+            )
+            masks = logits > model.mask_threshold
+            del logits
+            chunk["boxes"] = batched_mask_to_box(masks)
+            chunk["masks"] = np.packbits(masks.cpu().numpy(), axis=-1)
+            keep = ~is_box_near_crop_edge(chunk["boxes"], crop_box, [0, 0, orig_size[1], orig_size[0]])
             if self.stability_score_thresh > 0.0:
-                data.filter(data["stability_score"] >= self.stability_score_thresh)
-            data["masks"] = data["masks"] > self.predictor.model.mask_threshold
-            data["boxes"] = batched_mask_to_box(data["masks"])
-            keep = ~is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
-            if not torch.all(keep):
-                data.filter(keep)
-            return data  # masks stay in crop coordinates until after NMS: fewer bytes to move
+                keep &= chunk["stability_score"] >= self.stability_score_thresh
+            chunk.filter(keep)
+            return chunk
 
     return FastMaskGenerator
 
