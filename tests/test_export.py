@@ -309,3 +309,64 @@ def test_failed_links_fail_the_export(tmp_path):
     with pytest.raises(OSError, match="making image links failed"):
         placer.wait()
     placer.close()
+
+
+def test_a_name_being_built_is_refused_and_a_dead_builders_name_is_taken_over(store_url, tmp_path):
+    """Two `export NAME` at once: the second is refused with a message and the first's folder is untouched.
+    A build whose process is gone (or whose heartbeat stopped, on PostgreSQL) no longer holds the name."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from db import exports as store
+    from workers.process import is_dead_local, worker_id
+
+    seed_store()
+    with session_scope() as s:  # this process is building "busy"; its partial folder holds work in progress
+        store.begin_export(s, "busy", "v1", 0.4, {}, str(tmp_path / "exports" / "busy"), worker_id(), 60,
+                           is_dead_local)
+    work = tmp_path / "exports" / ".busy.partial"
+    work.mkdir(parents=True)
+    (work / "in-progress").write_text("x")
+    with pytest.raises(UserError, match=rf"export 'busy' is being built by {socket.gethostname()}:{os.getpid()}"):
+        export("busy")
+    assert (work / "in-progress").read_text() == "x"
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with session_scope() as s:  # the builder of "orphan" died (same host, its pid is gone)
+        store.begin_export(s, "orphan", "v1", 0.4, {}, str(tmp_path / "exports" / "orphan"),
+                           f"{socket.gethostname()}:{gone.stdout.strip()}", 60, is_dead_local)
+    result = export("orphan")
+    assert result.path.is_dir() and not (tmp_path / "exports" / ".orphan.partial").exists()
+    with session_scope() as s:
+        assert s.scalar(select(m.Export.status).where(m.Export.name == "orphan")) == "done"
+
+
+@pytest.mark.postgres
+def test_a_stale_heartbeat_frees_the_name_on_postgresql(pg_store, tmp_path):
+    from datetime import timedelta
+
+    from db import exports as store
+
+    seed_store()
+    with session_scope() as s:  # a builder on another machine that stopped beating two minutes ago
+        export_id = store.begin_export(s, "remote", "v1", 0.4, {}, str(tmp_path / "exports" / "remote"),
+                                       "other-host:1", 60, lambda holder: False)
+        s.get(m.Export, export_id).heartbeat_at = m.utcnow() - timedelta(seconds=30)
+    with pytest.raises(UserError, match="is being built by other-host:1"):
+        export("remote")
+    with session_scope() as s:
+        s.get(m.Export, export_id).heartbeat_at = m.utcnow() - timedelta(seconds=120)
+    assert export("remote").path.is_dir()
+
+
+def test_a_city_name_at_the_column_limit_exports(store_url):
+    """The place key is `city:CC:<name>`, longer than the 200-character city column: it used to overflow the
+    export's place table on PostgreSQL and block every later export."""
+    seed_store()
+    with session_scope() as s:
+        s.query(m.Image).filter(m.Image.city == "Recife").update({m.Image.city: "R" * 200})  # kept: high scores
+    result = export("long-city")
+    places = {ex.meta["place"] for examples in all_examples(result.path).values() for ex in examples}
+    assert f"city:BR:{'r' * 200}" in places
