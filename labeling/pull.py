@@ -113,7 +113,7 @@ def sync_task(session_url: str, task: Any, settings: Settings, summary: PullSumm
             if country_text and country is None:
                 summary.quarantined += quarantine(
                     session, "annotation", f"label-studio annotation {annotation['id']} ({geocurate_id})",
-                    "unknown country", country_text,
+                    "unknown_country", country_text,
                 )
             records.append(AnnotationRecord(
                 ls_annotation_id=int(annotation["id"]), label=label, country=country,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from db.engine import session_scope
 from db.models import Clue, Image, ReviewTask, Score
+from curation.files import local_path
 from db.quarantine import quarantine
 from db.review import set_ls_task, unpushed
 from geocurate.settings import Settings, get_settings
@@ -70,7 +72,7 @@ def image_url(uri: str, settings: Settings) -> str:
     serving under the image root, or the URI itself when it is already a URL. ValueError when none applies."""
     if uri.startswith(REMOTE_SCHEMES):
         return uri
-    path = Path(uri)
+    path = Path(local_path(uri))  # a non-UTF-8 name is percent-encoded byte for byte below
     root = settings.label_studio_image_root
     relative: str | None = None
     if root is not None:
@@ -79,7 +81,7 @@ def image_url(uri: str, settings: Settings) -> str:
         except ValueError:
             relative = None
     if settings.label_studio_image_url_prefix:
-        return settings.label_studio_image_url_prefix.rstrip("/") + "/" + quote(relative or path.name)
+        return settings.label_studio_image_url_prefix.rstrip("/") + "/" + quote(os.fsencode(relative or path.name))
     if root is None:
         raise ValueError("neither GEOCURATE_LABEL_STUDIO_IMAGE_ROOT nor GEOCURATE_LABEL_STUDIO_IMAGE_URL_PREFIX is set")
     if relative is None:
@@ -87,7 +89,7 @@ def image_url(uri: str, settings: Settings) -> str:
     if "/" not in relative:
         raise ValueError(f"Label Studio serves local files only from subdirectories of its document root: move the "
                          f"image into a folder under GEOCURATE_LABEL_STUDIO_IMAGE_ROOT={root}")
-    return LOCAL_FILES_PREFIX + quote(relative)
+    return LOCAL_FILES_PREFIX + quote(os.fsencode(relative))
 
 
 def local_storage_dirs(tasks: list[dict], settings: Settings) -> set[str]:
@@ -227,7 +229,7 @@ def push_kind(client: "LabelStudio", interface: ReviewInterface, session_url: st
             tasks, bad = BUILDERS[interface.kind](session, batch, settings)
             for row, reason in bad:
                 quarantine(session, interface.kind, geocurate_id(row.item_kind, row.item_id),
-                           "cannot be sent to Label Studio", reason)
+                           "not_sendable", reason)
         summary.quarantined += len(bad)
         bad_ids = {row.id for row, _ in bad}
         chunk = list(zip([r.id for r in batch if r.id not in bad_ids], tasks))

@@ -84,7 +84,7 @@ def test_train_and_eval_commands_run_both_stages_and_score_the_test_split(demo_s
     assert reasoning_run.metrics["last_loss"] < reasoning_run.metrics["first_loss"]
     with session_scope() as s:
         reasons = {r for (r,) in s.execute(select(Quarantine.reason).where(Quarantine.item_kind == "training_example"))}
-    assert reasons == {"bad export line", "unreadable image"}
+    assert reasons == {"bad_training_example", "unreadable_image"}
 
     adapters = demo_settings.adapters_dir
     for stage in ("reasoning", "location"):

@@ -50,11 +50,11 @@ def load_examples(export_dir: Path, dataset: str, split: str = "train") -> tuple
             try:
                 example = Example.from_line(line)
             except (ValueError, TypeError, KeyError) as exc:
-                rejected.append(Rejected(reference, "bad export line", str(exc)))
+                rejected.append(Rejected(reference, "bad_training_example", str(exc)))
                 continue
             problem = image_problem(export_dir / example.image)
             if problem:
-                rejected.append(Rejected(reference, "unreadable image", f"{example.image}: {problem}"))
+                rejected.append(Rejected(reference, "unreadable_image", f"{example.image}: {problem}"))
                 continue
             examples.append(example)
     return examples, rejected
