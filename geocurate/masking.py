@@ -23,6 +23,7 @@ MIN_SECRET = 3  # shorter values would garble every message and are no secret an
 MIN_FRAGMENT = 4  # pieces of a password a parser cut at `@`, `:`, `/`, `?` or `#`
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+_SCHEME_TYPO = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:/*")  # `postgresql:/u:pw@h`: a whole setting, never free text
 _HOST = re.compile(r"[A-Za-z0-9.\-_~%!$&'()*+,;=\[\]:]*")  # host[:port], IPv6 literals, several hosts
 _AUTHORITY_END = re.compile(r"[/?#]")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
@@ -33,7 +34,7 @@ def _password_span(segment: str) -> tuple[int, int] | None:
     """(start, end) of the password in one `scheme://...` segment, or None. The userinfo ends at an `@` followed
     by something that looks like a host; the last such `@` wins, so a password may contain unencoded `@`. An `@`
     whose userinfo holds `/`, `?` or `#` is taken only when no other fits (an e-mail in the query, a path)."""
-    head = _SCHEME.match(segment)
+    head = _SCHEME.match(segment) or _SCHEME_TYPO.match(segment)
     if head is None:
         return None
     start = head.end()
@@ -57,8 +58,9 @@ def _password_span(segment: str) -> tuple[int, int] | None:
 
 
 def _segments(text: str) -> list[tuple[int, int]]:
-    """Each `scheme://` starts a URL of its own (kombu's `url1;url2` failover lists, a URL inside a query)."""
-    starts = [m.start() for m in _SCHEME.finditer(text)]
+    """Each `scheme://` starts a URL of its own (kombu's `url1;url2` failover lists, a URL inside a query); a
+    setting with a mistyped `scheme:/` is still one URL."""
+    starts = [m.start() for m in _SCHEME.finditer(text)] or ([0] if _SCHEME_TYPO.match(text) else [])
     return list(zip(starts, starts[1:] + [len(text)]))
 
 
@@ -124,7 +126,7 @@ def _from_settings(settings: "Settings") -> list[tuple[str, bool]]:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
             values.append((value.get_secret_value(), False))
-        elif isinstance(value, str) and "://" in value:
+        elif isinstance(value, str):
             values += [(password, True) for password in url_passwords(value)]
     return values
 
@@ -142,7 +144,7 @@ def _from_environment() -> list[tuple[str, bool]]:
             continue
         if field.annotation is SecretStr or SecretStr in get_args(field.annotation):
             values.append((raw, False))
-        elif "://" in raw:
+        else:
             values += [(password, True) for password in url_passwords(raw)]
     return values
 
@@ -155,7 +157,12 @@ def secret_pattern(settings: "Settings | None" = None) -> re.Pattern[str] | None
             settings = get_settings()
         except Exception:  # noqa: BLE001 - an invalid setting must not stop the error from being shown
             return _pattern(_secret_strings(_from_environment()))
-    return _pattern(_secret_strings(_from_settings(settings)))
+    if _LAST[0] is not settings:  # one settings object serves a whole process: read its secrets once
+        _LAST[:] = [settings, _pattern(_secret_strings(_from_settings(settings)))]
+    return _LAST[1]
+
+
+_LAST: list = [None, None]
 
 
 def scrub(text: str, settings: "Settings | None" = None) -> str:

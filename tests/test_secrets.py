@@ -367,6 +367,8 @@ def test_celery_log_handlers_scrub_worker_and_task_records(tmp_path):
     ("postgresql+psycopg://postgres@127.0.0.1:5432/db", "postgresql+psycopg://postgres@127.0.0.1:5432/db"),
     ("sqlite:////data/user@host:x/geocurate.db", "sqlite:////data/user@host:x/geocurate.db"),
     ("sqlite:///./geocurate.db", "sqlite:///./geocurate.db"),
+    ("postgresql+psycopg:/geo:typo-in-scheme@db/geo", "postgresql+psycopg:/geo:***@db/geo"),
+    ("local-dir:/models/clip", "local-dir:/models/clip"),
     ("memory://", "memory://"),
     ("http://label-studio:8080", "http://label-studio:8080"),
 ])
