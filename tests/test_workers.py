@@ -167,7 +167,8 @@ def test_a_task_that_fails_its_last_retry_is_recorded(store_url: str, fake_steps
         assert shown.counts["batches"]["failed"] == 1
         assert any("could not connect" in error for _, _, error in shown.recent_failures)
     state = pipeline.run_progress(run_id)
-    assert state["status"] == "done" and processed(store_url, "score") == 7, "a failed ingest batch does not stop the run"
+    assert processed(store_url, "score") == 7, "a failed ingest batch does not stop the run"
+    assert state["status"] == "partial" and "step ingest: 1 batch(es) failed" in state["error"], "nor is it done"
 
 
 def test_bad_input_is_not_retried_and_a_critical_step_fails_the_run(store_url: str, fake_steps) -> None:
