@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from curation.embeddings import store_embeddings
 from curation.files import local_path
 from curation.locatability import validate_weights, weights_digest
-from curation.scoring import BadImage, Scorer, open_image, version_of
+from curation.scoring import BadImage, Scorer, version_of
 from db.images import set_status
 from db.models import Image
 from db.quarantine import quarantine
@@ -72,9 +72,7 @@ def score_images(session: Session, scorer: Scorer, image_ids: Sequence[int]) -> 
             summary.skipped += 1  # deleted since it was queued
             continue
         try:
-            images.append(open_image(local_path(uris[image_id]), scorer.settings.min_image_side,
-                                     max_pixels=scorer.settings.max_image_pixels,
-                                     max_side=scorer.settings.score_max_side))
+            images.append(scorer.open(local_path(uris[image_id])))
             good_ids.append(image_id)
         except BadImage as exc:
             bad_ids.append(image_id)

@@ -13,16 +13,15 @@ from geocurate.settings import get_settings
 
 def score_image(paths: list[Path] = typer.Argument(..., help="Image files to score.")) -> None:
     """Score image files without the store: one JSON object per image (path, locatability, top classes, decision)."""
-    from curation.scoring import BadImage, Scorer, open_image
+    from curation.scoring import BadImage, Scorer
 
-    settings = get_settings()
-    scorer = Scorer.from_settings(settings)
+    scorer = Scorer.from_settings(get_settings())
     opened = []
     for path in paths:
         try:
-            opened.append((path, open_image(path, settings.min_image_side)))
+            opened.append((path, scorer.open(path)))
         except BadImage as exc:
-            typer.echo(json.dumps({"path": str(path), "error": str(exc)}))
+            typer.echo(json.dumps({"path": str(path), "error": str(exc), "reason": exc.reason}))
     for (path, _), result in zip(opened, scorer.score([image for _, image in opened])):
         typer.echo(json.dumps({"path": str(path), **result.as_json()}))
 
