@@ -202,7 +202,7 @@ def _relative_key(filename: str, root: Path) -> str | None:
 
 def match_metadata(csv_path: Path | str, rows: list[MetadataRow], discovery: Discovery) -> MetadataMatch:
     """Assign rows to the folder's images (see the module docstring); every row ends matched or as a Problem."""
-    match = MetadataMatch(Path(csv_path), discovery.root)
+    match = MetadataMatch(Path(csv_path).absolute(), discovery.root)
     relative_paths = {discovery.relative(path) for path in discovery.files}
     by_basename: dict[str, list[str]] = defaultdict(list)
     for relative in sorted(relative_paths):

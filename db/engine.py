@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,7 +52,17 @@ def get_engine(url: str) -> Engine:
 
 
 def check_connection(url: str) -> None:
-    """Fail early with the URL (password masked) instead of deep inside the first query."""
+    """Fail early with the URL (password masked) instead of deep inside the first query. An embedded (SQLite)
+    store that has no tables yet is created here, so every command works in a fresh folder, not only `run`."""
+    reach(url)
+    if make_url(url).get_backend_name() == "sqlite" and not inspect(get_engine(url)).has_table("alembic_version"):
+        from db.migrate import upgrade
+
+        upgrade(url)
+
+
+def reach(url: str) -> None:
+    """One round trip to the store, or StoreUnavailable naming it."""
     try:
         with get_engine(url).connect() as conn:
             conn.execute(text("SELECT 1"))

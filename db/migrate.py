@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from db.engine import check_connection, get_engine
+from db.engine import get_engine, reach
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -20,7 +20,7 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    check_connection(url)
+    reach(url)
     config = alembic_config(url)
     with get_engine(url).begin() as connection:
         config.attributes["connection"] = connection
