@@ -42,6 +42,9 @@ def get_engine(url: str) -> Engine:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise StoreUnavailable(f"invalid database URL {masked(url)!r}: {exc}") from None
+    except ValueError:  # an unencoded '@' or ':' in the password: the parser's message quotes a piece of it
+        raise StoreUnavailable(f"invalid database URL {masked(url)}: percent-encode '@', ':' and '/' in the "
+                               "user name and password (e.g. %40 for '@')") from None
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from geocurate.errors import UserError
+
 IMAGES_DIR = "images"
 METADATA_FILE = "metadata.csv"
 CLUES_FILE = "clues.jsonl"
@@ -175,9 +177,9 @@ class SampleSet:
 def generate_sample(out_dir: Path | str, n_images: int = 50, n_clues: int = 30, seed: int = 0) -> SampleSet:
     """Write images/, metadata.csv and clues.jsonl under out_dir (overwriting earlier sample files) and describe them."""
     if n_images < 4:
-        raise ValueError("n_images must be at least 4 (one corrupt, one with invalid coordinates, two good)")
+        raise UserError("n_images must be at least 4 (one corrupt, one with invalid coordinates, two good)")
     if n_clues < 4:
-        raise ValueError("n_clues must be at least 4 (one malformed, one duplicate, two good)")
+        raise UserError("n_clues must be at least 4 (one malformed, one duplicate, two good)")
     root = Path(out_dir)
     sample = SampleSet(root, root / IMAGES_DIR, root / METADATA_FILE, root / CLUES_FILE)
     sample.images_dir.mkdir(parents=True, exist_ok=True)

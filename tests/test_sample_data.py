@@ -10,6 +10,8 @@ import pytest
 from PIL import Image, UnidentifiedImageError
 from typer.testing import CliRunner
 
+from geocurate.errors import UserError
+
 from geocurate.sample_data import COUNTRIES, generate_sample
 
 
@@ -94,5 +96,5 @@ def test_sample_command_writes_the_set(tmp_path):
 
 
 def test_too_small_a_sample_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="n_images"):
+    with pytest.raises(UserError, match="n_images"):
         generate_sample(tmp_path, n_images=2)
