@@ -11,7 +11,6 @@ from PIL import Image, UnidentifiedImageError
 from typer.testing import CliRunner
 
 from geocurate.errors import UserError
-
 from geocurate.sample_data import COUNTRIES, generate_sample
 
 
