@@ -67,10 +67,16 @@ def prepare_folder(directory: Path | str, metadata_csv: Path | str | None = None
     return discovery, match_metadata(metadata_csv, read_metadata(metadata_csv, encoding), discovery)
 
 
-def quarantine_refused_files(session: Session, discovery: Discovery) -> int:
-    """Files the folder's listing refused (outside the folder, not regular files); returns how many are new."""
-    return sum(quarantine(session, "image", stored_path(path), exc.reason, str(exc), source=str(discovery.root))
-               for path, exc in discovery.refused)
+def quarantine_listing(session: Session, discovery: Discovery, match: MetadataMatch | None) -> IngestSummary:
+    """What the folder's listing refused (files outside it, not regular files) and the metadata rows that match
+    no image, recorded once; the summary counts the refused files."""
+    summary = IngestSummary()
+    for path, exc in discovery.refused:
+        summary.refuse(exc.reason)
+        quarantine(session, "image", stored_path(path), exc.reason, str(exc), source=str(discovery.root))
+    if match is not None:
+        quarantine_problems(session, match)
+    return summary
 
 
 def ingest_folder(session: Session, directory: Path | str, metadata_csv: Path | str | None = None,
@@ -78,12 +84,7 @@ def ingest_folder(session: Session, directory: Path | str, metadata_csv: Path | 
                   limits: ImageLimits = ImageLimits()) -> tuple[IngestSummary, MetadataMatch | None]:
     """A whole folder in the caller's transaction: refused files and metadata rows quarantined, images stored."""
     discovery, match = prepare_folder(directory, metadata_csv, encoding, limits.allow_outside_root)
-    summary = IngestSummary()
-    for path, exc in discovery.refused:
-        summary.refuse(exc.reason)
-    quarantine_refused_files(session, discovery)
-    if match is not None:
-        quarantine_problems(session, match)
+    summary = quarantine_listing(session, discovery, match)
     summary.merge(ingest_images(session, discovery.files, match, discovery.root, source, limits))
     return summary, match
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.files import Discovery
-from db.limits import text_problem
+from db.limits import column_length, text_problem
 from db.models import Image
 from geocurate.errors import UserError
 
@@ -97,16 +97,10 @@ def _coordinate(raw: str | None, name: str, limit: float) -> float | None:
 def _text(row: dict[str, str | None], name: str) -> str | None:
     value = (row.get(name) or "").strip() or None
     if value is not None:
-        problem = text_problem(name, value, _column_length(name), one_line=True)
+        problem = text_problem(name, value, column_length(Image, name), one_line=True)
         if problem:
             raise MetadataError(problem.message, problem.reason)
     return value
-
-
-def _column_length(name: str) -> int | None:
-    from db.limits import column_length
-
-    return column_length(Image, name)
 
 
 def parse_metadata_row(row: dict[str, str | None]) -> dict[str, Any]:

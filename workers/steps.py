@@ -78,7 +78,7 @@ def _prepared_folder(run_id: int, directory: str, metadata: str | None, encoding
 
 
 def work_ingest(session: Session, claim: Claim, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    from curation.ingest import ImageLimits, IngestSummary, ingest_images, quarantine_refused_files
+    from curation.ingest import ImageLimits, ingest_images, quarantine_listing
 
     payload = claim.payload
     if "clues" in payload:
@@ -88,15 +88,9 @@ def work_ingest(session: Session, claim: Claim, params: dict[str, Any], settings
     discovery, match = _prepared_folder(claim.run_id, params["directory"], params.get("metadata"),
                                         params.get("encoding"), settings.allow_outside_root)
     if payload.get("folder"):
-        from curation.metadata import quarantine_problems
-
-        quarantine_refused_files(session, discovery)
-        summary = IngestSummary()
-        for _, exc in discovery.refused:
-            summary.refuse(exc.reason)
+        summary = quarantine_listing(session, discovery, match)
         result: dict[str, Any] = {"files": len(discovery.files) + len(discovery.refused), **as_counts(summary)}
         if match is not None:
-            quarantine_problems(session, match)
             result["metadata"] = match.counts()
         return result
     summary = ingest_images(session, [Path(p) for p in payload["paths"]], match, discovery.root,
