@@ -23,7 +23,13 @@ EMBEDDED_BROKER = "memory://"
 
 def check_timeouts(settings: Settings) -> None:
     """A Redis message not acked within the visibility timeout is delivered again, so it must outlast every retry
-    delay; the lease is renewed while a batch runs, so it only has to outlast one renewal interval."""
+    delay; the lease is renewed on every heartbeat while a batch runs, so it only has to outlast one heartbeat, and a
+    heartbeat as long as the lease would let every working worker's claim run out."""
+    if settings.heartbeat_seconds >= settings.lease_seconds:
+        raise ValueError(
+            f"GEOCURATE_HEARTBEAT_SECONDS ({settings.heartbeat_seconds}s) must be below GEOCURATE_LEASE_SECONDS "
+            f"({settings.lease_seconds}s): a claim is renewed every heartbeat and lost when a lease passes without one"
+        )
     if settings.retry_backoff_max >= settings.visibility_timeout:
         raise ValueError(
             f"GEOCURATE_RETRY_BACKOFF_MAX ({settings.retry_backoff_max}s) must be below "
@@ -75,13 +81,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    schedule = {
-        "reconcile": {"task": "workers.tasks.reconcile", "schedule": float(settings.reconcile_interval)},
-    }
+    """A tick that waited in the queue longer than one interval (every worker was busy) is dropped: the next tick
+    does the same work, and a pile of them would only run it again and again once a worker is free."""
+    every = {"schedule": float(settings.reconcile_interval), "options": {"expires": float(settings.reconcile_interval)}}
+    schedule = {"reconcile": {"task": "workers.tasks.reconcile", **every}}
     if settings.label_studio_url:
-        schedule["sync-annotations"] = {
-            "task": "workers.tasks.sync_annotations", "schedule": float(settings.reconcile_interval),
-        }
+        schedule["sync-annotations"] = {"task": "workers.tasks.sync_annotations", **every}
     return schedule
 
 
@@ -139,3 +144,17 @@ def _init_worker_process(**_: Any) -> None:
     from workers import process
 
     process.init_worker_process(get_settings())
+
+
+@signals.task_prerun.connect
+def _before_task(**_: Any) -> None:
+    from workers import process
+
+    process.before_task()
+
+
+@signals.worker_shutting_down.connect
+def _hand_back_running_batches(**_: Any) -> None:
+    from workers import process
+
+    process.hand_back_on_shutdown()

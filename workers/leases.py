@@ -1,5 +1,7 @@
-"""Keeping a lease alive while a batch runs, so a lease only has to outlast one renewal interval, not the longest
-batch (a training stage takes hours). A dead worker stops renewing and reconcile re-queues its batch."""
+"""Keeping a claim's lease alive while its batch runs: a heartbeat renews it every `heartbeat_seconds`, so a lease
+only has to outlast one missed beat, not the longest batch (a training stage takes hours). A worker that dies stops
+beating; its lease runs out within `lease_seconds` and the next reconcile re-queues the batch, so a dead worker's
+batch is back in about lease + reconcile interval (90 s with the defaults), not after the longest batch."""
 
 from __future__ import annotations
 
@@ -11,27 +13,20 @@ from contextlib import contextmanager
 from db import batches
 from db.batches import Claim
 from db.engine import session_scope
+from geocurate.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RENEWALS_PER_LEASE = 3
-
 
 @contextmanager
-def kept_alive(claim: Claim, database_url: str, lease_seconds: float) -> Iterator[None]:
+def kept_alive(claim: Claim, settings: Settings) -> Iterator[None]:
     stop = threading.Event()
-    interval = max(lease_seconds / RENEWALS_PER_LEASE, 0.2)
+    interval = settings.heartbeat_seconds
 
     def renew_until_stopped() -> None:
         while not stop.wait(interval):
-            try:
-                with session_scope(database_url) as session:
-                    if not batches.renew(session, claim, lease_seconds):
-                        log.warning("batch %s: lease lost to another worker; its writes stay idempotent",
-                                    claim.batch_id)
-                        return
-            except Exception as exc:  # noqa: BLE001 - a missed renewal is retried at the next interval
-                log.warning("batch %s: lease renewal failed: %s", claim.batch_id, exc)
+            if not _renew(claim, settings):
+                return
 
     thread = threading.Thread(target=renew_until_stopped, name=f"lease-{claim.batch_id}", daemon=True)
     thread.start()
@@ -40,3 +35,17 @@ def kept_alive(claim: Claim, database_url: str, lease_seconds: float) -> Iterato
     finally:
         stop.set()
         thread.join(timeout=interval + 5)
+
+
+def _renew(claim: Claim, settings: Settings) -> bool:
+    """One heartbeat; False once the batch is no longer ours. A failed renewal (store briefly away) is retried at
+    the next beat: the lease outlasts a few of them."""
+    try:
+        with session_scope(settings.database_url) as session:
+            if batches.renew(session, claim, settings.lease_seconds):
+                return True
+    except Exception as exc:  # noqa: BLE001 - retried at the next beat
+        log.warning("batch %s: lease renewal failed: %s", claim.batch_id, exc)
+        return True
+    log.warning("batch %s: lease lost to another worker; its writes stay idempotent", claim.batch_id)
+    return False

@@ -110,6 +110,8 @@ def run_batch(task: Task, batch_id: int) -> dict[str, Any]:
                 if not batches.finish(session, claim, result):
                     log.warning("batch %s: lease was taken over; the writes above are idempotent", batch_id)
     except Exception as exc:
+        if process.stopping():  # the shutdown's unwinding broke the step's query: not the batch's failure
+            _hand_back(url, claim)
         if is_transient(exc) and task.request.retries < settings.task_max_retries:
             _quietly("release", lambda: _in_store(url, batches.release, claim))
             retry_or_give_up(task, exc, arguments, settings)
@@ -118,10 +120,23 @@ def run_batch(task: Task, batch_id: int) -> dict[str, Any]:
         _quietly("hand-over", lambda: pipeline.after_batch(claim.run_id, claim.step, settings))
         raise
     except BaseException:  # SIGTERM (ShutdownRequested), KeyboardInterrupt: give the batch back, then go
-        _quietly("release", lambda: _in_store(url, batches.release, claim))
+        _hand_back(url, claim)
         raise
     _quietly("hand-over", lambda: pipeline.after_batch(claim.run_id, claim.step, settings))
     return {"batch_id": batch_id, **result}
+
+
+def _hand_back(url: str, claim: batches.Claim) -> None:
+    """Release the batch so the next delivery claims it at once; a pool process told to stop then leaves the way a
+    killed one does, so that its message goes back to the broker instead of being acked as a failure. The store's
+    connections start afresh: the interrupted query may have left its own mid-conversation."""
+    from db.engine import dispose_all
+
+    dispose_all()
+    _quietly("release", lambda: _in_store(url, batches.release, claim))
+    log.warning("batch %s: given back on shutdown", claim.batch_id)
+    if process.stopping():
+        process.leave()
 
 
 def _in_store(url: str, action: Callable[..., Any], *args: Any) -> Any:
@@ -134,7 +149,7 @@ def _lease(claim: batches.Claim, settings: Settings):
 
     if settings.embedded:
         return nullcontext()  # one process: nobody else could take the batch over
-    return kept_alive(claim, settings.database_url, settings.lease_seconds)
+    return kept_alive(claim, settings)
 
 
 @app.task(bind=True, name="workers.tasks.ingest_batch")
