@@ -242,7 +242,8 @@ def test_celery_is_configured_for_long_crash_safe_tasks(monkeypatch) -> None:
     assert config["result_backend"] == "redis://127.0.0.1:6379/9" and not config["task_always_eager"]
     assert config["task_routes"]["workers.tasks.score_batch"] == {"queue": "t1-score"}
     assert {q.name for q in config["task_queues"]} == {"t1-score", "t1-train", "t1-ingest", "t1-review", "t1-export"}
-    assert config["beat_schedule"]["reconcile"]["schedule"] == 60.0
+    assert config["beat_schedule"]["reconcile"]["schedule"] == 30.0
+    assert config["beat_schedule"]["reconcile"]["options"] == {"expires": 30.0}, "a tick that waited is dropped"
 
 
 def test_retry_delays_must_fit_in_the_visibility_timeout(monkeypatch) -> None:
@@ -251,6 +252,37 @@ def test_retry_delays_must_fit_in_the_visibility_timeout(monkeypatch) -> None:
     monkeypatch.setenv("GEOCURATE_RETRY_BACKOFF_MAX", "4000")
     with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT"):
         celery_config(reload_settings())
+
+
+def test_a_heartbeat_must_come_more_often_than_the_lease_runs_out(monkeypatch) -> None:
+    from workers.app import celery_config
+
+    monkeypatch.setenv("GEOCURATE_LEASE_SECONDS", "15")
+    monkeypatch.setenv("GEOCURATE_HEARTBEAT_SECONDS", "15")
+    with pytest.raises(ValueError, match="GEOCURATE_HEARTBEAT_SECONDS .* must be below GEOCURATE_LEASE_SECONDS"):
+        celery_config(reload_settings())
+
+
+def test_a_heartbeat_keeps_a_working_claim_and_a_dead_one_runs_out(store_url: str, monkeypatch) -> None:
+    """A batch that runs longer than its lease keeps its claim while the heartbeat beats; once it stops (the worker
+    died), the claim runs out within one lease and reconcile can take it back."""
+    import time
+
+    from workers.leases import kept_alive
+
+    monkeypatch.setenv("GEOCURATE_LEASE_SECONDS", "1")
+    monkeypatch.setenv("GEOCURATE_HEARTBEAT_SECONDS", "0.2")
+    settings = reload_settings()
+    _, (batch_id,) = new_run(store_url)
+    with session_scope(store_url) as session:
+        claim = batches.claim(session, batch_id, "host-a:1", settings.lease_seconds)
+    with kept_alive(claim, settings):
+        time.sleep(2.5)
+        with session_scope(store_url) as session:
+            assert batches.requeue_expired(session) == [], "renewed on every heartbeat"
+    time.sleep(1.5)
+    with session_scope(store_url) as session:
+        assert batches.requeue_expired(session) == [(batch_id, "ingest")], "no heartbeat: expired after one lease"
 
 
 def test_embedded_mode_runs_tasks_in_process() -> None:
@@ -287,6 +319,45 @@ def test_worker_command_needs_a_broker_and_known_queues(monkeypatch) -> None:
     reload_settings()
     result = CliRunner().invoke(app, ["worker", "--queues", "score,gpu"])
     assert result.exit_code != 0 and "unknown queue(s) gpu" in str(result.exception)
+
+
+def test_geocurate_reconcile_requeues_a_dead_workers_batch_by_hand(store_url: str, fake_steps) -> None:
+    """Embedded, the re-queued batch runs in the command itself, so the run finishes."""
+    from typer.testing import CliRunner
+
+    from geocurate.cli import app
+
+    settings = get_settings()
+    run_id, (step, batch_ids) = pipeline.create_run(["ingest"], {}, "pipeline", settings)
+    pipeline.send(step, batch_ids[1:], settings)
+    with session_scope(store_url) as session:  # its worker died an hour ago, holding the first batch
+        batches.claim(session, batch_ids[0], "gone-host:4242", 60, now=utcnow() - timedelta(hours=1))
+    result = CliRunner().invoke(app, ["reconcile"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert result.output == "reconcile: 1 expired claims re-queued, 0 lost messages re-sent, 0 runs moved on\n"
+    assert pipeline.run_progress(run_id)["status"] == "done" and processed(store_url, "ingest") == 10
+
+
+UNREACHABLE = {"GEOCURATE_BROKER_URL": "redis://127.0.0.1:1/0", "GEOCURATE_DATABASE_URL": "sqlite:///unused.db"}
+
+
+@pytest.mark.parametrize(("command", "env", "named"), [
+    ("worker", UNREACHABLE, "broker at redis://127.0.0.1:1/0"),
+    ("beat", {**UNREACHABLE, "GEOCURATE_BROKER_URL": "amqp://guest:secret@127.0.0.1:1//"},
+     "broker at amqp://guest:***@127.0.0.1:1//"),
+    ("reconcile", {"GEOCURATE_DATABASE_URL": "postgresql+psycopg://gc:secret@127.0.0.1:1/gc"},
+     "store at postgresql+psycopg://gc:***@127.0.0.1:1/gc"),
+], ids=["worker-broker", "beat-broker", "reconcile-store"])
+def test_deployment_commands_fail_fast_with_one_line(command: str, env: dict[str, str], named: str,
+                                                     tmp_path) -> None:
+    """Instead of Celery's endless reconnect loop or a traceback from the first query."""
+    import os
+
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("GEOCURATE_")}
+    done = subprocess.run([sys.executable, "-m", "geocurate.cli", command], env={**clean, **env}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"error: cannot reach the {named}: ") and done.stderr.count("\n") == 1, done.stderr
 
 
 def test_geocurate_run_embedded_on_sqlite_goes_from_folder_to_export(tmp_path, monkeypatch) -> None:

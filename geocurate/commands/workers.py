@@ -1,11 +1,12 @@
-"""`geocurate worker`, `geocurate beat`: the processes of a deployment with a broker."""
+"""`geocurate worker`, `geocurate beat`, `geocurate reconcile`: the processes of a deployment with a broker, and its
+repair pass by hand."""
 
 from __future__ import annotations
 
 import typer
 
 from geocurate.errors import UserError
-from geocurate.settings import get_settings
+from geocurate.settings import Settings, get_settings
 
 
 def worker(
@@ -29,6 +30,7 @@ def worker(
         raise UserError(f"unknown queue(s) {', '.join(unknown)}; the queues are {', '.join(QUEUES)}")
     if concurrency < 1:
         raise UserError("--concurrency must be at least 1")
+    check_services(settings)
     from workers.app import app, queue_name
 
     app.start([
@@ -44,12 +46,36 @@ def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
     settings = get_settings()
     if settings.embedded:
         raise UserError("beat needs a broker: set GEOCURATE_BROKER_URL")
+    check_services(settings)
     from workers.app import app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.start(["beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}", f"--loglevel={loglevel}"])
 
 
+def reconcile() -> None:
+    """Run one reconcile pass now (what beat runs every GEOCURATE_RECONCILE_INTERVAL seconds): re-queue the batches
+    of dead workers, re-send lost messages, move on runs whose step is over. Embedded: re-queued batches run here."""
+    from workers.pipeline import reconcile as reconcile_once
+
+    settings = get_settings()
+    check_services(settings)
+    counts = reconcile_once(settings)
+    typer.echo(f"reconcile: {counts['requeued']} expired claims re-queued, {counts['resent']} lost messages re-sent, "
+               f"{counts['advanced']} runs moved on")
+
+
+def check_services(settings: Settings) -> None:
+    """One line naming the broker or store that cannot be reached, before Celery would retry it for ever or a task
+    would fail on it with a traceback."""
+    from db.engine import check_connection
+    from workers.broker import check_broker
+
+    check_broker(settings)
+    check_connection(settings.database_url)
+
+
 def register(app: typer.Typer, ingest_app: typer.Typer) -> None:
     app.command("worker")(worker)
     app.command("beat")(beat)
+    app.command("reconcile")(reconcile)
