@@ -1,5 +1,6 @@
-"""`geocurate worker` subprocesses on this machine, for the worker tests and bench/worker_scaling.py: started with
-their own environment (store, broker, queue prefix), waited for until ready, stopped gently or killed outright."""
+"""`geocurate worker` and `geocurate beat` subprocesses on this machine, for the worker tests and the bench scripts:
+started with their own environment (store, broker, queue prefix), waited for until ready, stopped gently or killed
+outright, whole or only a pool process."""
 
 from __future__ import annotations
 
@@ -24,12 +25,19 @@ class LocalWorkers:
 
     def start(self, name: str, queues: str = "ingest,score,review,export", concurrency: int = 1,
               **extra_env: str) -> subprocess.Popen:
-        """Each worker leads its own process group, so it can be killed together with its pool children."""
+        return self._spawn(name, ["worker", "--queues", queues, "--concurrency", str(concurrency),
+                                  "--hostname", f"{name}@%h", "--loglevel", "INFO"], extra_env)
+
+    def start_beat(self, name: str = "beat", **extra_env: str) -> subprocess.Popen:
+        """The deployment's scheduler, so reconcile runs on its interval the way it does in production."""
+        return self._spawn(name, ["beat", "--loglevel", "INFO"], extra_env)
+
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> subprocess.Popen:
+        """Each process leads its own process group, so it can be killed together with its pool children."""
         log = open(self.log_dir / f"{name}.log", "wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "geocurate.cli", "worker", "--queues", queues, "--concurrency", str(concurrency),
-             "--hostname", f"{name}@%h", "--loglevel", "INFO"],
-            env={**self.env, **extra_env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "geocurate.cli", *args], env={**self.env, **extra_env}, cwd=ROOT, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
         self.procs[name] = proc
@@ -50,16 +58,25 @@ class LocalWorkers:
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
+    def owner(self, pid: int) -> str:
+        """The name of the worker whose process group holds `pid` (a pool process named in a batch's claim)."""
+        group = os.getpgid(pid)
+        return next(name for name, proc in self.procs.items() if proc.pid == group)
+
     def kill(self, name: str) -> None:
-        """SIGKILL the worker and its pool children at once, as the OOM killer or a lost machine would."""
+        """SIGKILL the worker and its pool children at once, as a lost machine or `docker kill` would."""
         proc = self.procs[name]
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
 
-    def terminate(self, name: str, timeout: float = 60) -> int:
-        """SIGTERM to the worker's whole process group (what `docker stop` or systemd send)."""
+    def terminate(self, name: str, timeout: float = 60, whole_group: bool = True) -> int:
+        """SIGTERM to the worker's whole process group (what systemd sends), or only to its main process (what
+        `docker stop` sends to a container's first process)."""
         proc = self.procs[name]
-        os.killpg(proc.pid, signal.SIGTERM)
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         return proc.wait(timeout=timeout)
 
     def stop_all(self) -> None:
