@@ -130,6 +130,28 @@ def test_worker_queues_are_exactly_the_routing_tables():
     assert {route["queue"] for route in TASK_ROUTES.values()} <= set(QUEUES)
 
 
+DOCKER_DEFAULT_GRACE = 10  # seconds between `docker stop`'s SIGTERM and its SIGKILL
+HAND_BACK_GRACE = 60  # a pool process gives its batch back when its current call returns; a CPU model call is slow
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration: `90s`, `2m`, `1m30s`, `1h`."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", str(duration))
+    assert parts and "".join(n + u for n, u in parts) == str(duration), f"not a compose duration: {duration!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def test_workers_have_time_to_give_their_batch_back_when_stopped():
+    """`docker stop` TERMs the worker (the container's first process, in exec form: no shell swallows the signal),
+    which passes it on to its pool processes; a KILL before they are done would leave the batch claimed."""
+    assert _seconds("1m30s") == 90 and _seconds("2m") == 120
+    for name, spec in WORKERS.items():
+        assert "stop_grace_period" in spec, f"{name}: Docker's default {DOCKER_DEFAULT_GRACE}s is too short"
+        assert _seconds(spec["stop_grace_period"]) >= HAND_BACK_GRACE, name
+        assert "entrypoint" not in spec, f"{name}: the image's exec-form `geocurate` entrypoint gets the SIGTERM"
+
+
 def test_label_studio_serves_the_images_where_the_workers_see_them():
     label_studio = SERVICES["label-studio"]
     ls_env = _environment(label_studio)
