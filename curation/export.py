@@ -43,7 +43,7 @@ from curation.files import local_path
 from curation.splits import assign_groups, group_key, parse_split
 from db import exports as store
 from db.engine import session_scope
-from db.heartbeat import beating
+from db.heartbeat import beating, is_dead_local, worker_id
 from db.models import Image, ImageEmbedding, ReviewTask
 from db.quarantine import quarantine
 from geocurate.errors import UserError
@@ -424,8 +424,6 @@ def build_export(session_url: str | None, name: str, threshold: float | None = N
         parameters = dict(threshold=threshold, scorer_version=scorer_version, split=list(fractions), seed=seed,
                           dedup_similarity=settings.dedup_similarity if dedup else None,
                           h3_resolution=settings.h3_resolution, embedding_version=embedding_version)
-        from workers.process import is_dead_local, worker_id
-
         builder = worker_id()
         try:
             export_id = store.begin_export(session, name, scorer_version, threshold,

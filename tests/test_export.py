@@ -320,7 +320,7 @@ def test_a_name_being_built_is_refused_and_a_dead_builders_name_is_taken_over(st
     import sys
 
     from db import exports as store
-    from workers.process import is_dead_local, worker_id
+    from db.heartbeat import is_dead_local, worker_id
 
     seed_store()
     with session_scope() as s:  # this process is building "busy"; its partial folder holds work in progress

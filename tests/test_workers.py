@@ -222,6 +222,8 @@ def test_a_batch_held_by_a_dead_local_process_is_taken_over_at_once(store_url: s
 
 def test_reconcile_resends_queued_batches_whose_message_was_lost(store_url: str, fake_steps, monkeypatch) -> None:
     monkeypatch.setenv("GEOCURATE_LEASE_SECONDS", "1")
+    monkeypatch.setenv("GEOCURATE_HEARTBEAT_SECONDS", "0.5")
+    monkeypatch.setenv("GEOCURATE_RETRY_BACKOFF_MAX", "1")
     settings = reload_settings()
     run_id, _ = pipeline.create_run(["ingest"], {}, "pipeline", settings)  # never sent: the broker lost them
     with session_scope(store_url) as session:

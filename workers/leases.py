@@ -6,46 +6,24 @@ batch is back in about lease + reconcile interval (90 s with the defaults), not 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 from db import batches
 from db.batches import Claim
 from db.engine import session_scope
+from db.heartbeat import beating
 from geocurate.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-@contextmanager
-def kept_alive(claim: Claim, settings: Settings) -> Iterator[None]:
-    stop = threading.Event()
-    interval = settings.heartbeat_seconds
-
-    def renew_until_stopped() -> None:
-        while not stop.wait(interval):
-            if not _renew(claim, settings):
-                return
-
-    thread = threading.Thread(target=renew_until_stopped, name=f"lease-{claim.batch_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=interval + 5)
-
-
-def _renew(claim: Claim, settings: Settings) -> bool:
-    """One heartbeat; False once the batch is no longer ours. A failed renewal (store briefly away) is retried at
-    the next beat: the lease outlasts a few of them."""
-    try:
+def kept_alive(claim: Claim, settings: Settings) -> AbstractContextManager[None]:
+    def renew() -> bool:
+        """One beat; False once the batch is no longer ours (reconcile gave it to another worker)."""
         with session_scope(settings.database_url) as session:
             if batches.renew(session, claim, settings.lease_seconds):
                 return True
-    except Exception as exc:  # noqa: BLE001 - retried at the next beat
-        log.warning("batch %s: lease renewal failed: %s", claim.batch_id, exc)
-        return True
-    log.warning("batch %s: lease lost to another worker; its writes stay idempotent", claim.batch_id)
-    return False
+        log.warning("batch %s: lease lost to another worker; its writes stay idempotent", claim.batch_id)
+        return False
+
+    return beating(renew, settings.heartbeat_seconds, f"lease-{claim.batch_id}")

@@ -15,9 +15,9 @@ from typing import Any
 
 from db import batches
 from db.engine import session_scope
+from db.heartbeat import is_dead_local, worker_id
 from geocurate.errors import UserError
 from geocurate.settings import Settings, get_settings
-from workers import process
 from workers.steps import pipeline_steps, step_of
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,9 @@ def prepare_pipeline(directory: Path | str, metadata: Path | str | None = None, 
     settings = settings or get_settings()
     params = pipeline_params(directory, metadata, clues, export, train, source, settings, encoding)
     steps = pipeline_steps(export, train)
-    owner = process.worker_id() if settings.embedded else None
+    owner = worker_id() if settings.embedded else None
     with session_scope(settings.database_url) as session:
-        run = batches.resumable_run(session, {**params, "steps": steps}, process.is_dead_local)
+        run = batches.resumable_run(session, {**params, "steps": steps}, is_dead_local)
         if run is not None:
             by_step: dict[str, list[int]] = {}
             for batch_id, step in batches.reopen(session, run, owner):
@@ -211,7 +211,8 @@ def reconcile(settings: Settings | None = None) -> dict[str, int]:
     settings = settings or get_settings()
     with session_scope(settings.database_url) as session:
         expired = batches.requeue_expired(session)
-        stale = batches.stale_queued(session, settings.lease_seconds)
+        # a batch given back for a retry waits up to retry_backoff_max as a delayed message no queue length shows
+        stale = batches.stale_queued(session, settings.lease_seconds + settings.retry_backoff_max)
         stale = [(batch_id, step) for batch_id, step in stale if _queue_is_empty(step, settings)]
         batches.touch(session, [batch_id for batch_id, _ in stale])
         running = batches.running_runs(session)

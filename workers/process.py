@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,26 +31,6 @@ _STOPPING = False
 
 class ShutdownRequested(SystemExit):
     """SIGTERM arrived while a batch was running: unwind, release the batch, exit."""
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def is_dead_local(holder: str | None) -> bool:
-    """True when `holder` names a process on this host that no longer exists (its claim can be taken at once)."""
-    if not holder or ":" not in holder:
-        return False
-    host, _, pid = holder.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def scoring_fields(settings: Settings) -> str:

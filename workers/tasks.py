@@ -14,6 +14,7 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from db import batches
 from db.engine import StoreUnavailable, session_scope
+from db.heartbeat import is_dead_local, worker_id
 from geocurate.settings import Settings, get_settings
 from workers import pipeline, process
 from workers.app import app
@@ -87,13 +88,13 @@ def run_batch(task: Task, batch_id: int) -> dict[str, Any]:
     settings = get_settings()
     url = settings.database_url
     arguments = {"batch_id": batch_id}
-    worker = process.worker_id()
+    worker = worker_id()
     try:
         with session_scope(url) as session:
             claim = batches.claim(session, batch_id, worker, settings.lease_seconds)
             if claim is None:
                 state = batches.holder(session, batch_id)
-                if state and state[0] == "claimed" and process.is_dead_local(state[1]):
+                if state and state[0] == "claimed" and is_dead_local(state[1]):
                     claim = batches.take_over(session, batch_id, state[1], worker, settings.lease_seconds)
             params = batches.get_run(session, claim.run_id).params if claim else {}
     except Exception as exc:
