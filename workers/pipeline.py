@@ -9,6 +9,7 @@ is found again by `reconcile` (expired claims, queued batches whose message was 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ def prepare_pipeline(directory: Path | str, metadata: Path | str | None = None, 
 def continue_run(run_id: int, to_send: Sequence[tuple[str, list[int]]], settings: Settings) -> None:
     """Send (embedded: do) the given batches, then hand the run over if its step is already over (a resumed run
     that was interrupted between its last batch and the hand-over)."""
+    _STOP.clear()
     for step, batch_ids in to_send:
         send(step, batch_ids, settings)
     with session_scope(settings.database_url) as session:
@@ -151,6 +153,15 @@ def create_run(steps: Sequence[str], params: dict[str, Any], kind: str,
         return run_id, _advance_from(session, run_id, first, list(steps), params, settings)
 
 
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Ctrl-C or SIGTERM on an embedded run: no further batch starts. The KeyboardInterrupt the signal raises is
+    not enough on its own: raised inside a destructor (a garbage-collected Celery result), Python drops it."""
+    _STOP.set()
+
+
 def send(step: str, batch_ids: Iterable[int], settings: Settings) -> None:
     """Queue one message per batch (embedded: run it now, in this process, through the same task code)."""
     task_name = step_of(step).task
@@ -159,6 +170,8 @@ def send(step: str, batch_ids: Iterable[int], settings: Settings) -> None:
 
         task = tasks.app.tasks[task_name]
         for batch_id in batch_ids:
+            if _STOP.is_set():
+                raise KeyboardInterrupt
             task.apply(args=(batch_id,))
         return
     from workers.app import sender_for

@@ -74,7 +74,7 @@ def _run_here(run_id: int, to_send: list[tuple[str, list[int]]], settings) -> di
     display = threading.Thread(target=follow, args=(run_id, settings, stop), daemon=True)
     display.start()
     try:
-        with _sigterm_as_interrupt():
+        with _stop_signals():
             pipeline.continue_run(run_id, to_send, settings)
     except KeyboardInterrupt:
         pipeline.interrupt_run(run_id, settings)
@@ -98,16 +98,21 @@ def _follow_only(run_id: int, settings) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """`docker stop`, systemd and `kill` end an embedded run the way Ctrl-C does, not half-way through a write."""
+def _stop_signals():
+    """Ctrl-C, and `docker stop`, systemd or `kill` (SIGTERM), end an embedded run the same way: no further batch
+    starts, and the one in hand unwinds and is given back."""
+    from workers import pipeline
+
     def interrupt(signum, frame):
+        pipeline.request_stop()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _report(run_id: int, state: dict[str, Any], settings) -> None:
