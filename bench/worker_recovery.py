@@ -24,11 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.db_ingest import drop, fresh_database  # noqa: E402
+from bench.worker_scaling import MODEL_SETTINGS, REDIS, drop_redis_keys  # noqa: E402
 from db.engine import session_scope  # noqa: E402
 
-REDIS = os.environ.get("GEOCURATE_BENCH_REDIS", "redis://127.0.0.1:6379/13")
-MODEL_SETTINGS = {"GEOCURATE_DEMO_MODELS": "1", "GEOCURATE_SEGMENTER": "maskformer",
-                  "GEOCURATE_SCORE_DTYPE": "float32", "GEOCURATE_DEVICE": "cpu"}
 POLL = 0.05
 
 
@@ -86,8 +84,6 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=78, help="sample street scenes (320-640 px wide)")
     args = parser.parse_args()
 
-    import redis
-
     from geocurate.sample_data import generate_sample
     from geocurate.settings import reload_settings
     from workers.local import MODELS_MARK, READY_MARK, LocalWorkers
@@ -125,10 +121,7 @@ def main() -> None:
             survivor = workers.owner(int(redone_by.rsplit(":", 1)[1]))
         finally:
             workers.stop_all()
-            client = redis.Redis.from_url(REDIS)
-            stale = list(client.scan_iter(match=f"{prefix}*"))
-            if stale:
-                client.delete(*stale)
+            drop_redis_keys(prefix)
     per_image = scores_per_image(url)
     drop(url)
 

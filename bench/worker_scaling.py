@@ -29,11 +29,19 @@ MODEL_SETTINGS = {"GEOCURATE_DEMO_MODELS": "1", "GEOCURATE_SEGMENTER": "maskform
                   "GEOCURATE_SCORE_DTYPE": "float32", "GEOCURATE_DEVICE": "cpu"}
 
 
-def measure(workers_count: int, images_dir: Path, base: Path, args: argparse.Namespace) -> tuple[int, float]:
-    """(images scored, seconds) for one configuration, on its own database and queue prefix."""
+def drop_redis_keys(prefix: str) -> None:
+    """The broker keys of one measurement (queues, unacked sets) under its private prefix."""
     import redis
 
-    from curation.ingest import discover_images, ingest_images
+    client = redis.Redis.from_url(REDIS)
+    stale = list(client.scan_iter(match=f"{prefix}*"))
+    if stale:
+        client.delete(*stale)
+
+
+def measure(workers_count: int, images_dir: Path, base: Path, args: argparse.Namespace) -> tuple[int, float]:
+    """(images scored, seconds) for one configuration, on its own database and queue prefix."""
+    from curation.ingest import ingest_folder
     from geocurate.settings import reload_settings
     from workers.local import MODELS_MARK, READY_MARK, LocalWorkers
     from workers.pipeline import start_run, wait_for_run
@@ -49,7 +57,7 @@ def measure(workers_count: int, images_dir: Path, base: Path, args: argparse.Nam
     workers = LocalWorkers(env, base / f"logs-{workers_count}")
     try:
         with session_scope(url) as session:
-            ingest_images(session, discover_images(images_dir))
+            ingest_folder(session, images_dir)
         names = [f"bench{workers_count}-{i}" for i in range(workers_count)]
         for name in names:
             workers.start(name, queues="score")
@@ -64,10 +72,7 @@ def measure(workers_count: int, images_dir: Path, base: Path, args: argparse.Nam
         return int(state["summary"]["score"]["totals"].get("scored", 0)), elapsed
     finally:
         workers.stop_all()
-        client = redis.Redis.from_url(REDIS)
-        stale = list(client.scan_iter(match=f"{prefix}*"))
-        if stale:
-            client.delete(*stale)
+        drop_redis_keys(prefix)
         drop(url)
 
 
