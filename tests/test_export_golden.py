@@ -1,0 +1,110 @@
+"""Exports are reproducible artefacts: the same store and parameters must give the same bytes whatever the code's
+layout. The hashes below were recorded from the export code before it became a package; a change to any of them is
+a change of the export format (or of what gets selected), which must be deliberate: a new FORMAT_VERSION."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from curation.export import build_export
+from db import models as m
+from db.engine import session_scope
+from db.quarantine import quarantine
+from geocurate.export_format import MANIFEST
+from tests.test_export import EMBEDDING_VERSION, seed_store, sha
+
+# manifest.json's `content_hash`; the same on SQLite and PostgreSQL
+LINKED_HASH = "b106294e244b11cefd89379e6ad514e36d13a28f213d03ebfab6bbe58843d8e3"
+COPIED_HASH = "3d35fd56cbe985ed6277eb13b93f62de334c72ffefb47e2ada8ad707495daaca"
+# sha256 of: the manifest without its creation time, every symlink's target (or copy's bytes), the export's items
+LINKED_DIGESTS = {"manifest": "d18d3e74aa783aa80510d90e9bdae7513f0354d13facd69c7f29074b53dca31c",
+                  "links": "c310c3ab5d64129fd87b7e3036104682667740968f38ff15ba3ffa764047fa97",
+                  "items": "b61b5a4f3ef362916a1c151bd85c970086141f7f5bc74d26a7aff3b34c7cd703"}
+COPIED_DIGESTS = {"manifest": "b0348778391cafde9ec3e052a3da78d6aa135c16c03f23963cc42f7c5ced6152",
+                  "copies": "0a5005b0f50211475db195a720b339d5135e2c3187c67562f6fcd46aeef982a6",
+                  "items": "0e32c5e94c75d81f48f786dfc02df10c02d9c79796f09df7a7ce8c2c2e35d053"}
+
+
+def golden_store(url: str, image_dir: Path) -> None:
+    """seed_store plus every path the export takes: reviews both ways (one with a corrected country), quarantine by
+    row, sha256 and path, two planted near-copies, clues paired within and across countries (one paired with a
+    human-dropped image, one rejected), and images on disk for the copy mode (all but two, which go missing)."""
+    ids = seed_store()
+    with session_scope(url) as s:
+        s.add_all([m.ReviewTask(item_kind="image", item_id=ids[sha(0)], state="done", final_label="locatable",
+                                final_country="CZ"),
+                   m.ReviewTask(item_kind="image", item_id=ids[sha(37)], state="done", final_label="not_locatable"),
+                   m.ReviewTask(item_kind="image", item_id=ids[sha(35)], state="done", final_label="unusable"),
+                   m.ReviewTask(item_kind="image", item_id=ids[sha(34)], state="pending", final_label="unusable")])
+        s.get(m.Image, ids[sha(30)]).status = "quarantined"
+        quarantine(s, "image", sha(31), "corrupt image")
+        quarantine(s, "image", "/data/33.png", "corrupt image")
+        base = np.frombuffer(s.get(m.ImageEmbedding, (ids[sha(27)], EMBEDDING_VERSION)).vector, np.float32)
+        for n, noise in ((25, 0.01), (26, 0.02)):
+            v = base + noise * np.ones_like(base)
+            s.get(m.ImageEmbedding, (ids[sha(n)], EMBEDDING_VERSION)).vector = (v / np.linalg.norm(v)).tobytes()
+        polish = m.Clue(sha256=sha(1000), text="Yellow-backed signs and \"Polish\" text: ą, ł.", country="PL",
+                        status="accepted")
+        german = m.Clue(sha256=sha(1001), text="Black-and-white bollards.", country="DE", status="accepted")
+        rejected = m.Clue(sha256=sha(1002), text="nice view", country="PL", status="rejected")
+        s.add_all([polish, german, rejected])
+        s.flush()
+        s.add_all([m.CluePair(clue_id=polish.id, image_id=ids[sha(k)], method="given") for k in range(8)])
+        s.add_all([m.CluePair(clue_id=german.id, image_id=ids[sha(k)], method="given") for k in (1, 9, 13, 37)])
+        s.add(m.CluePair(clue_id=rejected.id, image_id=ids[sha(0)], method="given"))
+    image_dir.mkdir()
+    with session_scope(url) as s:
+        for image in s.scalars(select(m.Image)):
+            suffix = os.path.splitext(image.uri)[1]
+            path = image_dir / f"{image.sha256[:8]}{suffix}"
+            if image.sha256 not in (sha(2), sha(36)):
+                path.write_bytes(image.sha256.encode())
+            image.uri = str(path)
+
+
+def build(url: str, out_dir: Path, name: str, **parameters):
+    return build_export(url, name, scorer_version="v1", out_dir=out_dir, embedding_version=EMBEDDING_VERSION,
+                        **parameters)
+
+
+def digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def digests(url: str, path: Path, export_id: int, image_dir: Path) -> dict[str, str]:
+    manifest = json.loads((path / MANIFEST).read_text())
+    del manifest["created_at"]
+    with session_scope(url) as s:
+        items = s.execute(select(m.ExportItem.dataset, m.ExportItem.split, m.Image.sha256, m.Clue.sha256)
+                          .join(m.Image, m.Image.id == m.ExportItem.image_id)
+                          .outerjoin(m.Clue, m.Clue.id == m.ExportItem.clue_id)
+                          .where(m.ExportItem.export_id == export_id)).all()
+    found = {"manifest": digest(manifest), "items": digest(sorted((tuple(r) for r in items), key=str))}
+    images = sorted((path / "images").iterdir())
+    if all(p.is_symlink() for p in images):
+        found["links"] = digest([(p.name, os.path.relpath(os.readlink(p), image_dir)) for p in images])
+    else:
+        found["copies"] = digest([(p.name, p.read_text()) for p in images])
+    return found
+
+
+def test_export_bytes_are_unchanged(store_url, tmp_path):
+    golden_store(store_url, tmp_path / "images")
+    out = tmp_path / "out"
+    linked = build(store_url, out, "golden-link", threshold=0.4, seed=1, split=(0.6, 0.2, 0.2))
+    # copy mode runs second: images missing on disk are quarantined by it (and the link export has none missing)
+    copied = build(store_url, out, "golden-copy", threshold=0.3, seed=2, images="copy", dedup=False)
+    found = {"linked": (linked.content_hash, digests(store_url, linked.path, linked.export_id, tmp_path / "images")),
+             "copied": (copied.content_hash, digests(store_url, copied.path, copied.export_id, tmp_path / "images"))}
+    assert found == {"linked": (LINKED_HASH, LINKED_DIGESTS), "copied": (COPIED_HASH, COPIED_DIGESTS)}, found
+    # the store exercised what it is meant to: dedup, held-out reasoning pairs, images gone missing at export
+    assert linked.removed_duplicates == 2 and copied.counts["reasoning"]["held_out"] > 0
+    with session_scope(store_url) as s:
+        missing = s.scalars(select(m.Quarantine.reference).where(m.Quarantine.reason == "missing_at_export")).all()
+    assert missing and all(Path(uri).parent == tmp_path / "images" for uri in missing)
