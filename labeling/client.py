@@ -1,16 +1,15 @@
 """The one place that talks to Label Studio's HTTP API: builds the SDK client from settings and retries transient
 failures, so the rest of labeling/ sees plain calls that either succeed or raise one clear error.
 
-Label Studio drops requests while it restarts or migrates and answers 5xx under load; a push or pull interrupted
-there must not fail a whole batch, so connection errors and 5xx are retried with exponential backoff and full
-jitter, bounded by `task_max_retries` and `retry_backoff_max`. Anything else (4xx: bad token, bad config) is a
-mistake that retrying cannot fix and is raised at once.
+Label Studio drops requests while it restarts or migrates and answers 5xx (or 429) under load; a push or pull
+interrupted there must not fail a whole batch, so such failures are retried under geocurate's one retry policy
+(geocurate/retry.py: exponential backoff with full jitter), bounded by `task_max_retries` and `retry_backoff_max`.
+Anything else (other 4xx: bad token, bad config) is a mistake that retrying cannot fix and is raised at once.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -19,7 +18,8 @@ import httpx
 
 from geocurate.errors import UserError
 from geocurate.masking import mask_url, scrub
-from geocurate.settings import Settings, get_settings
+from geocurate.retry import backoff_delay, is_transient
+from geocurate.settings import Settings
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REQUEST_TIMEOUT_S = 300.0  # a 1,000-task import with predictions takes a while on a small server
-BACKOFF_BASE_S = 0.5
 
 
 class LabelStudioNotConfigured(UserError):
@@ -43,11 +42,10 @@ class LabelStudioRejected(UserError):
     """Label Studio refused a request (4xx): wrong token, bad data or config; retrying cannot help."""
 
 
-def make_client(settings: Settings | None = None) -> "LabelStudio":
+def make_client(settings: Settings) -> "LabelStudio":
     """The SDK client for the configured server. The SDK's own retries are off: `call` owns retrying."""
     from label_studio_sdk import LabelStudio
 
-    settings = settings or get_settings()
     if not settings.label_studio_url:
         raise LabelStudioNotConfigured(
             "GEOCURATE_LABEL_STUDIO_URL is not set; borderline items are in the local queue (geocurate review list)"
@@ -62,23 +60,7 @@ def make_client(settings: Settings | None = None) -> "LabelStudio":
     )
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Worth another try: the server is unreachable, timed out, or failed on its side (5xx, 429)."""
-    from label_studio_sdk.core.api_error import ApiError
-
-    if isinstance(exc, httpx.TransportError):
-        return True
-    if isinstance(exc, ApiError):
-        return exc.status_code is not None and (exc.status_code >= 500 or exc.status_code == 429)
-    return False
-
-
-def backoff_delay(attempt: int, cap: float) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)], so retrying clients do not stampede together."""
-    return random.uniform(0, min(cap, BACKOFF_BASE_S * 2**attempt))
-
-
-def describe(exc: BaseException, settings: Settings | None = None) -> str:
+def describe(exc: BaseException, settings: Settings) -> str:
     """One scrubbed line: a rejected request's body may quote what was sent (the webhook's secret header)."""
     status = getattr(exc, "status_code", None)
     text = str(getattr(exc, "body", None) or exc).strip().splitlines()
@@ -96,14 +78,13 @@ def unavailable(what: str, attempts: int, exc: BaseException, settings: Settings
     )
 
 
-def call(what: str, fn: Callable[[], T], settings: Settings | None = None,
+def call(what: str, fn: Callable[[], T], settings: Settings,
          before_retry: Callable[[], None] | None = None) -> T:
     """Run one Label Studio request, retrying transient failures; `what` names it in logs and errors.
     `before_retry` runs before each retry of a request that is not idempotent (an import whose answer was lost
     may have been applied): it reconciles, and a transient failure in it counts as a failed attempt."""
     from label_studio_sdk.core.api_error import ApiError
 
-    settings = settings or get_settings()
     attempts = max(0, settings.task_max_retries) + 1
     for attempt in range(attempts):
         try:

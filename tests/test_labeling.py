@@ -198,15 +198,17 @@ def test_unreachable_label_studio_is_retried_with_backoff_then_one_clear_error(s
 
 
 def test_backoff_grows_exponentially_and_stays_under_the_cap():
-    from labeling.client import backoff_delay
+    from geocurate.retry import BACKOFF_BASE_S, backoff_delay
 
     import random
 
     random.seed(0)
-    delays = [[backoff_delay(attempt, cap=5.0) for _ in range(200)] for attempt in range(6)]
-    assert max(delays[0]) <= 0.5 and max(delays[2]) <= 2.0 and max(delays[5]) <= 5.0
-    assert max(delays[3]) > 2.0  # grows
+    cap = 6 * BACKOFF_BASE_S
+    delays = [[backoff_delay(attempt, cap) for _ in range(200)] for attempt in range(6)]
+    assert max(delays[0]) <= BACKOFF_BASE_S and max(delays[1]) <= 2 * BACKOFF_BASE_S and max(delays[5]) <= cap
+    assert max(delays[2]) > 2 * BACKOFF_BASE_S  # grows
     assert len({round(d, 6) for d in delays[4]}) > 100  # jitter
+    assert backoff_delay(10_000, cap) <= cap  # a huge retry count neither overflows nor passes the cap
 
 
 def test_missing_label_studio_settings_name_the_variable(sqlite_store):

@@ -295,19 +295,32 @@ def test_embedded_mode_runs_tasks_in_process() -> None:
 
 
 def test_transient_errors_are_told_from_bad_input() -> None:
+    """The tasks' retry decision is geocurate.retry's: the one policy labeling.client's requests also follow."""
     import httpx
+    from label_studio_sdk.core.api_error import ApiError
 
-    from workers.tasks import is_transient, retry_delay
+    from db.engine import StoreUnavailable
+    from geocurate.retry import backoff_delay, is_transient
+    from labeling import client
+    from workers import tasks
 
+    assert tasks.is_transient is client.is_transient is is_transient
     request = httpx.Request("GET", "http://ls/api/tasks")
+
+    def status(code: int) -> httpx.HTTPStatusError:
+        return httpx.HTTPStatusError(str(code), request=request, response=httpx.Response(code, request=request))
+
     assert is_transient(OperationalError("SELECT 1", {}, Exception("timeout")))
-    assert is_transient(httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, request=request)))
+    assert is_transient(StoreUnavailable("cannot reach the store"))
+    assert is_transient(status(503)) and is_transient(ApiError(status_code=502, body="bad gateway"))
+    assert is_transient(status(429)) and is_transient(ApiError(status_code=429, body="slow down"))
     assert is_transient(httpx.ConnectError("refused", request=request))
-    assert not is_transient(httpx.HTTPStatusError("404", request=request, response=httpx.Response(404, request=request)))
+    assert not is_transient(status(404)) and not is_transient(ApiError(status_code=401, body="bad token"))
     assert not is_transient(ValueError("bad JSON"))
     assert not is_transient(FileNotFoundError("missing image"))
-    delays = [retry_delay(n, get_settings()) for n in range(12)]
-    assert all(0 <= d <= get_settings().retry_backoff_max for d in delays)
+    cap = get_settings().retry_backoff_max
+    delays = [backoff_delay(n, cap) for n in range(12)]
+    assert all(0 <= d <= cap for d in delays)
 
 
 def test_worker_command_needs_a_broker_and_known_queues(monkeypatch) -> None:

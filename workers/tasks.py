@@ -1,6 +1,7 @@
 """Thin Celery tasks. A batch task claims its batch in the store, runs the step's plain function and marks the batch
 done in the same transaction, then lets the pipeline hand over to the next step. Transient failures (database,
-Label Studio 5xx) are retried with exponential backoff and full jitter; anything else is recorded, not retried."""
+Label Studio 5xx or 429) are retried under the one retry policy of geocurate/retry.py; anything else is recorded,
+not retried."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Task
-from celery.utils.time import get_exponential_backoff_interval
 
 from db import batches
-from db.engine import StoreUnavailable, session_scope
+from db.engine import session_scope
 from db.heartbeat import is_dead_local, worker_id
+from geocurate.retry import backoff_delay, is_transient
 from geocurate.settings import Settings, get_settings
 from workers import pipeline, process
 from workers.app import app
@@ -23,41 +24,11 @@ from workers.steps import step_of
 
 log = logging.getLogger(__name__)
 
-BACKOFF_FACTOR = 2  # seconds; retry n waits a random time in [0, min(2 * 2**n, retry_backoff_max)]
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: the database or Label Studio was briefly unreachable or overloaded. Bad input is not."""
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-    if isinstance(exc, (OperationalError, InterfaceError, StoreUnavailable, ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    status = getattr(exc, "status_code", None)
-    if status is None:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-    if isinstance(status, int) and status >= 500:
-        return True
-    kind = type(exc)
-    return any(f"{k.__module__}.{k.__name__}" in _TRANSIENT_NAMES for k in kind.__mro__)
-
-
-_TRANSIENT_NAMES = {
-    "httpx.TransportError",
-    "requests.exceptions.ConnectionError",
-    "requests.exceptions.Timeout",
-}
-
-
-def retry_delay(retries: int, settings: Settings) -> float:
-    return get_exponential_backoff_interval(BACKOFF_FACTOR, retries, settings.retry_backoff_max, full_jitter=True)
-
 
 def retry_or_give_up(task: Task, exc: Exception, arguments: dict[str, Any], settings: Settings) -> None:
     """Raise celery's Retry for a transient error with retries left; otherwise record the failure and re-raise."""
     if is_transient(exc) and task.request.retries < settings.task_max_retries:
-        countdown = retry_delay(task.request.retries, settings)
+        countdown = backoff_delay(task.request.retries, settings.retry_backoff_max)
         log.warning("%s %s: transient %s, retry %d in %.1fs", task.name, arguments, type(exc).__name__,
                     task.request.retries + 1, countdown)
         if task.request.is_eager:
