@@ -2,7 +2,8 @@
 
 The class names and the paper authors' weights ship inside the package (curation/data/ade20k_locatability.json) so a
 score never depends on a file outside the installed code; a curator may replace the weights through
-`class_weights_path`, which changes the scorer version.
+`class_weights_path`, which changes the scorer version. This module is the one reader of that file: scoring, review
+tasks, exports and the weight fit all take the class names and weights from here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 ROUNDING_SLACK = 1e-6  # ratios are fractions of a pixel count computed in float32 by the segmenters
+TOP_CLASSES = 5  # classes named on a score (CLI output, review tasks)
 
 
 def _reference() -> dict:
@@ -26,11 +28,20 @@ ADE20K_CLASSES: tuple[str, ...] = tuple(_REFERENCE["classes"])
 REFERENCE_WEIGHTS: tuple[float, ...] = tuple(float(w) for w in _REFERENCE["weights"])
 WORKED_EXAMPLE: dict = _REFERENCE["worked_example"]
 NUM_CLASSES = len(ADE20K_CLASSES)
+SHORT_NAMES: tuple[str, ...] = tuple(name.split(",")[0].strip() for name in ADE20K_CLASSES)
 
 
 def short_name(class_index: int) -> str:
     """First synonym of an ADE20K class ("road, route" -> "road"): what prompts and reports show."""
-    return ADE20K_CLASSES[class_index].split(",")[0].strip()
+    return SHORT_NAMES[class_index]
+
+
+def top_classes(class_ratios: Mapping[int | str, float] | None, n: int = TOP_CLASSES) -> list[tuple[str, float]]:
+    """(short name, pixel fraction) of the n largest classes, largest first; equal fractions in class order, so the
+    CLI and the review task of one image name the same classes. Keys may be strings (ratios read back from JSON);
+    an index outside the table is named by its number rather than failing a whole push."""
+    ranked = sorted(((int(k), float(v)) for k, v in (class_ratios or {}).items()), key=lambda item: (-item[1], item[0]))
+    return [(SHORT_NAMES[i] if 0 <= i < NUM_CLASSES else str(i), ratio) for i, ratio in ranked[:n]]
 
 
 def validate_ratios(class_ratios: Mapping[int | str, float]) -> dict[int, float]:

@@ -18,9 +18,8 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from curation.locatability import NUM_CLASSES, load_weights, locatability, short_name, weights_digest
+from curation.locatability import NUM_CLASSES, load_weights, locatability, top_classes, weights_digest
 
-TOP_CLASSES = 5
 REASONS = ("unreadable_image", "too_small", "too_large")  # quarantine reason codes (db/quarantine.py REASONS)
 # Downscaling filter: Lanczos weighs every source pixel under the reduced one (no aliasing of fine texture), and
 # reducing_gap lets Pillow box-reduce by whole factors first, so a huge image costs little time.
@@ -157,11 +156,6 @@ class ImageScore:
         return {"locatability": round(self.locatability, 6), "decision": self.decision,
                 "top_classes": [{"class": n, "ratio": round(r, 4)} for n, r in self.top_classes],
                 "scorer_version": self.scorer_version}
-
-
-def top_classes(class_ratios: dict[int, float], n: int = TOP_CLASSES) -> list[tuple[str, float]]:
-    ranked = sorted(class_ratios.items(), key=lambda item: (-item[1], item[0]))[:n]
-    return [(short_name(index), ratio) for index, ratio in ranked]
 
 
 class Scorer:

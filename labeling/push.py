@@ -8,12 +8,9 @@ transaction; an interrupted push leaves a consistent store and the rerun finishe
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
@@ -24,6 +21,7 @@ from sqlalchemy.orm import Session
 from db.engine import session_scope
 from db.models import Clue, Image, ReviewTask, Score
 from curation.files import local_path
+from curation.locatability import top_classes
 from db.quarantine import quarantine
 from db.review import set_ls_task, unpushed
 from geocurate.settings import Settings, get_settings
@@ -37,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IMPORT_CHUNK = 500
-TOP_CLASSES = 5
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 REMOTE_SCHEMES = ("http://", "https://", "s3://", "gs://", "azure-blob://")
 
@@ -54,16 +51,9 @@ def geocurate_id(kind: str, item_id: int) -> str:
     return f"{kind}:{item_id}"
 
 
-@lru_cache(maxsize=1)
-def ade20k_class_names() -> list[str]:
-    text = resources.files("curation").joinpath("data/ade20k_locatability.json").read_text(encoding="utf-8")
-    return [name.split(",")[0] for name in json.loads(text)["classes"]]
-
-
-def top_classes(class_ratios: dict[str, Any], n: int = TOP_CLASSES) -> str:
-    names = ade20k_class_names()
-    ranked = sorted(((float(v), int(k)) for k, v in (class_ratios or {}).items()), reverse=True)[:n]
-    parts = [f"{names[i] if 0 <= i < len(names) else i} {ratio:.0%}" for ratio, i in ranked]
+def top_classes_text(class_ratios: dict[str, Any] | None) -> str:
+    """The task's "top classes: road 41%, sky 30%" line (the classes the CLI names for the same score)."""
+    parts = [f"{name} {ratio:.0%}" for name, ratio in top_classes(class_ratios)]
     return "top classes: " + (", ".join(parts) if parts else "none")
 
 
@@ -138,7 +128,7 @@ def image_tasks(session: Session, rows: list[ReviewTask], settings: Settings) ->
                 "sha256": image.sha256,
                 "machine_score": f"machine locatability {score.locatability:.3f} (kept at ≥ {settings.threshold}); "
                                  f"metadata country: {image.country_code or 'unknown'}",
-                "top_classes": top_classes(score.class_ratios),
+                "top_classes": top_classes_text(score.class_ratios),
             },
             "predictions": [{"model_version": score.scorer_version, "score": row.priority or 0.0, "result": result}],
         })

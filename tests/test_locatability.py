@@ -76,3 +76,17 @@ def test_bad_weight_files_are_rejected(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
         load_weights(Settings(class_weights_path=path))
+
+
+def test_top_classes_break_ties_by_class_order_whatever_the_key_type():
+    """The CLI (int keys from the segmenter) and review tasks (str keys read back from JSON) name the same classes."""
+    from curation.locatability import top_classes
+    from labeling.push import top_classes_text
+
+    ratios = {5: 0.2, 2: 0.2, 1: 0.35, 7: 0.05, 0: 0.1, 9: 0.1}
+    expected = [("building", 0.35), ("sky", 0.2), ("ceiling", 0.2), ("wall", 0.1), ("grass", 0.1)]
+    assert top_classes(ratios) == expected
+    assert top_classes({str(k): v for k, v in ratios.items()}) == expected
+    assert top_classes_text({str(k): v for k, v in ratios.items()}) == (
+        "top classes: building 35%, sky 20%, ceiling 20%, wall 10%, grass 10%")
+    assert top_classes_text({}) == "top classes: none"

@@ -19,10 +19,10 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from curation.decisions import DROP_LABELS, KEEP_LABELS, decided_images
+from curation.locatability import NUM_CLASSES, REFERENCE_WEIGHTS
 from curation.thresholds.stats import precision_recall_f1
 from db.exports import stream
 
-NUM_CLASSES = 150
 MIN_LABELS = 10
 
 
@@ -51,9 +51,7 @@ class WeightFit:
 
 
 def reference_weights() -> np.ndarray:
-    from curation.export import ade20k_tables
-
-    return ade20k_tables()[1].copy()
+    return np.asarray(REFERENCE_WEIGHTS, dtype=np.float64)
 
 
 def labelled_class_ratios(session: Session, scorer_version: str) -> tuple[np.ndarray, np.ndarray]:
