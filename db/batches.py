@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Batch, Export, Image, Run, TaskFailure, utcnow
+from db.models import Batch, Run, TaskFailure, utcnow
 from db.upsert import insert_ignore
 
 OPEN = ("queued", "claimed")
@@ -276,20 +276,6 @@ def renew(session: Session, claim_: Claim, lease_seconds: float) -> bool:
         .execution_options(synchronize_session=False)
     ).rowcount
     return changed == 1
-
-
-def unscored_image_ids(session: Session) -> list[int]:
-    """Images ingested and not yet scored or quarantined: what the score step plans its batches from."""
-    return list(session.scalars(select(Image.id).where(Image.status == "ingested").order_by(Image.id)))
-
-
-def find_export(session: Session, id_or_name: int | str) -> Export | None:
-    reference = str(id_or_name)
-    if reference.isdigit():
-        found = session.get(Export, int(reference))
-        if found is not None:
-            return found
-    return session.scalars(select(Export).where(Export.name == reference)).first()
 
 
 def run_summary(session: Session, run_id: int) -> dict[str, dict[str, Any]]:

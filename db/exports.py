@@ -65,8 +65,14 @@ def latest_scorer_version(session: Session) -> str | None:
     )
 
 
-def find_export(session: Session, name: str) -> Export | None:
-    return session.scalar(select(Export).where(Export.name == name))
+def export_by_id_or_name(session: Session, reference: int | str) -> Export | None:
+    """The export a user or a run names: an id when it is one of an export (`geocurate train 3`), else a name."""
+    reference = str(reference)
+    if reference.isdigit():
+        found = session.get(Export, int(reference))
+        if found is not None:
+            return found
+    return session.scalars(select(Export).where(Export.name == reference)).first()
 
 
 class ExportBusy(RuntimeError):

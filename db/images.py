@@ -37,3 +37,9 @@ def set_status(session: Session, image_ids: Iterable[int], status: str) -> None:
     ids = list(image_ids)
     for start in range(0, len(ids), 1000):
         session.execute(update(Image).where(Image.id.in_(ids[start : start + 1000])).values(status=status))
+
+
+def ingested_image_ids(session: Session) -> list[int]:
+    """Images ingested and not yet scored (by any scorer) or quarantined: what the score step plans its batches from.
+    Which images lack a score under one scorer version is db.scores.unscored_image_ids."""
+    return list(session.scalars(select(Image.id).where(Image.status == "ingested").order_by(Image.id)))

@@ -16,6 +16,7 @@ from typing import Any
 
 from db import batches
 from db.engine import session_scope
+from db.exports import export_by_id_or_name
 from db.heartbeat import is_dead_local, worker_id
 from geocurate.errors import UserError
 from geocurate.settings import Settings, get_settings
@@ -128,7 +129,7 @@ def submit_training(
     Embedded: runs inline and returns when done. Returns the run id."""
     settings = settings or get_settings()
     with session_scope(settings.database_url) as session:
-        if batches.find_export(session, export_id_or_name) is None:
+        if export_by_id_or_name(session, export_id_or_name) is None:
             raise UserError(f"export {export_id_or_name!r} does not exist; build it first (geocurate export NAME)")
     steps = [f"train:{stage}" for stage in stages]
     return start_run(steps, {"export": str(export_id_or_name), "kind": "train"}, kind="train", settings=settings)

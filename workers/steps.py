@@ -101,7 +101,9 @@ def work_ingest(session: Session, claim: Claim, params: dict[str, Any], settings
 # --- score -----------------------------------------------------------------------------------------------------------
 
 def plan_score(session: Session, run_id: int, params: dict[str, Any], settings: Settings) -> Payloads:
-    payloads: Payloads = [{"image_ids": ids} for ids in chunks(batches.unscored_image_ids(session), settings.batch_size)]
+    from db.images import ingested_image_ids
+
+    payloads: Payloads = [{"image_ids": ids} for ids in chunks(ingested_image_ids(session), settings.batch_size)]
     if params.get("clues"):
         payloads.append({"pair_clues": True})
     return payloads
@@ -187,9 +189,10 @@ def plan_train(session: Session, run_id: int, params: dict[str, Any], settings: 
 
 
 def work_train(session: Session, claim: Claim, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    from db.exports import export_by_id_or_name
     from training.stages import train_stage
 
-    export = batches.find_export(session, claim.payload["export"])
+    export = export_by_id_or_name(session, claim.payload["export"])
     if export is None:
         raise LookupError(f"export {claim.payload['export']!r} does not exist; build it first (geocurate export NAME)")
     session.commit()  # training runs for long: hold no transaction open meanwhile
