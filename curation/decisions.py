@@ -4,7 +4,8 @@ A human review label wins over the score in both directions (a reviewer can resc
 drop one the score keeps); otherwise the image is kept when its locatability reaches the threshold. Quarantined
 images are never kept, and an annotator's country replaces the metadata's, because review exists to fix both.
 The rule is written once as SQL, so a million-row selection is filtered in the database, and once in Python for
-callers that already hold the values; a test checks that the two agree.
+callers that already hold the values; a test checks that the two agree. Images paired with accepted clues need no
+score: for them the rule is quarantine and a reviewer's drop (`kept_for_reasoning`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def not_quarantined(image=Image) -> ColumnElement[bool]:
     by_sha = exists().where(Quarantine.item_kind == "image", Quarantine.reference == image.sha256)
     by_uri = exists().where(Quarantine.item_kind == "image", Quarantine.reference == image.uri)
     return and_(image.status != "quarantined", not_(by_sha), not_(by_uri))
+
+
+def dropped_by_review(image=Image) -> ColumnElement[bool]:
+    """A finished review dropped the image, whatever its score."""
+    return exists().where(ReviewTask.item_kind == "image", ReviewTask.item_id == image.id, ReviewTask.state == "done",
+                          ReviewTask.final_label.in_(sorted(DROP_LABELS)))
+
+
+def kept_for_reasoning(image=Image) -> ColumnElement[bool]:
+    """The rule for an image paired with an accepted clue (the reasoning stage's examples): the clue, not the score,
+    says where it is, so the image goes in unless it is quarantined or a reviewer dropped it."""
+    return and_(not_quarantined(image), not_(dropped_by_review(image)))
 
 
 def decided_images(scorer_version: str, threshold: float, *columns: ColumnElement, kept_only: bool = True,
