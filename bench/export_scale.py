@@ -13,8 +13,9 @@ Symlinks are the export's floor (one journaled directory insert each; their cost
 20 µs on tmpfs, 60-300 µs on this project's busy ext4 VM disk, and 600-900 µs for minutes in new directories near a
 just-deleted export of 600k links), so the bench also times bare `os.symlink` calls for as many links, in one fresh
 directory on the same filesystem, in the same run: the export cannot be faster than that.
-Peak memory is the exporting process's; its link-making child is a bare interpreter (`python -I -S`, ~9 MiB
-resident) reading the spool 1 MiB at a time. (RUSAGE_CHILDREN would count the parent's image forked before exec.)
+Peak memory is the exporting process's; its link-making child (curation/export/linker.py) is a bare interpreter
+(`python -I -S`, ~9 MiB resident) reading the spool 1 MiB at a time. (RUSAGE_CHILDREN would count the parent's
+image forked before exec.)
 
     .venv/bin/python bench/export_scale.py [--rows 1000000] [--baseline-rows 100000] [--dim 64] [--out-dir DIR]
 """
@@ -123,12 +124,13 @@ def run_export(url: str, name: str, version: str, out_dir: str) -> dict:
 
 
 def child(url: str, name: str, version: str, out_dir: str) -> None:
-    os.environ["GEOCURATE_DATABASE_URL"] = url
-    from curation.export import build_export
+    from curation.export import ExportParams, build_export
+    from geocurate.settings import get_settings
 
+    params = ExportParams.from_settings(get_settings(), name, threshold=0.4, scorer_version=version,
+                                        out_dir=Path(out_dir), embedding_version=EMBEDDING_VERSION)
     start = time.perf_counter()
-    result = build_export(url, name, threshold=0.4, scorer_version=version, out_dir=Path(out_dir),
-                          embedding_version=EMBEDDING_VERSION)
+    result = build_export(params, url)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(json.dumps({"build_seconds": time.perf_counter() - start, "peak_mib": peak_mib,
                       "counts": result.counts,

@@ -13,13 +13,14 @@ from sqlalchemy import func, select
 
 from curation.decisions import decided_images, final_decision
 from curation.embeddings import store_embeddings
-from curation.export import build_export, evidence_sentence
+from curation.export import ExportParams, build_export, evidence_sentence
 from db import models as m
 from db.engine import session_scope
 from db.images import add_images, ids_by_sha
 from db.quarantine import quarantine
 from db.scores import add_scores
 from geocurate.errors import UserError
+from geocurate.settings import get_settings
 from geocurate.export_format import MANIFEST, PROMPT, SPLITS, location_file, read_examples, reasoning_file
 
 EMBEDDING_VERSION = "test-emb"
@@ -33,7 +34,7 @@ def sha(n: int) -> str:
     return hashlib.sha256(str(n).encode()).hexdigest()
 
 
-def seed_store(version: str = "v1") -> dict[str, int]:
+def seed_store(url: str, version: str = "v1") -> dict[str, int]:
     """8 cities × 4 images, plus 6 images without a city spread over 3 far-apart places (2 per place); scores
     rise with n so every threshold keeps a different set. Each image has a distinct random embedding."""
     rows, scores = [], []
@@ -48,7 +49,7 @@ def seed_store(version: str = "v1") -> dict[str, int]:
             rows.append(dict(sha256=sha(n), uri=f"/data/{n}.png", width=640, height=480, lat=lat + k * 0.001,
                              lon=lon, country_code={60.0: "FI", -33.9: "ZA", 40.7: "US"}[lat], city=None, source="t"))
             n += 1
-    with session_scope() as s:
+    with session_scope(url) as s:
         add_images(s, rows)
         ids = ids_by_sha(s, [r["sha256"] for r in rows])
         rng = np.random.default_rng(0)
@@ -64,10 +65,10 @@ def seed_store(version: str = "v1") -> dict[str, int]:
     return {r["sha256"]: ids[r["sha256"]] for r in rows}
 
 
-def export(name: str, **kwargs):
+def export(url: str, name: str, **kwargs):
     kwargs.setdefault("embedding_version", EMBEDDING_VERSION)
     kwargs.setdefault("threshold", 0.4)
-    return build_export(None, name, **kwargs)
+    return build_export(ExportParams.from_settings(get_settings(), name, **kwargs), url)
 
 
 def all_examples(path: Path):
@@ -82,12 +83,12 @@ def test_final_decision_rule():
 
 
 def test_sql_decision_agrees_with_python(store_url):
-    ids = seed_store()
-    with session_scope() as s:
+    ids = seed_store(store_url)
+    with session_scope(store_url) as s:
         s.add_all([m.ReviewTask(item_kind="image", item_id=ids[sha(0)], state="done", final_label="locatable"),
                    m.ReviewTask(item_kind="image", item_id=ids[sha(37)], state="done", final_label="unusable"),
                    m.ReviewTask(item_kind="image", item_id=ids[sha(36)], state="pending", final_label="unusable")])
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         rows = s.execute(decided_images("v1", 0.5, kept_only=False)).all()
     assert len(rows) == len(ids)
     for row in rows:
@@ -95,8 +96,8 @@ def test_sql_decision_agrees_with_python(store_url):
 
 
 def test_export_writes_the_training_format_and_manifest(store_url):
-    seed_store()
-    result = export("first")
+    seed_store(store_url)
+    result = export(store_url, "first")
     manifest = json.loads((result.path / MANIFEST).read_text())
     assert manifest["content_hash"] == result.content_hash and manifest["threshold"] == 0.4
     for relative, digest in manifest["files"].items():
@@ -111,7 +112,7 @@ def test_export_writes_the_training_format_and_manifest(store_url):
                                       "United States"}
     per_country = sum(sum(c.values()) for c in manifest["counts"]["per_country"].values())
     assert per_country == total
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         record = s.scalar(select(m.Export).where(m.Export.name == "first"))
         assert record.status == "done" and record.content_hash == result.content_hash
         items = s.scalar(select(func.count()).select_from(m.ExportItem).where(m.ExportItem.export_id == record.id))
@@ -119,8 +120,8 @@ def test_export_writes_the_training_format_and_manifest(store_url):
 
 
 def test_threshold_selects_and_no_place_is_in_two_splits(store_url):
-    ids = seed_store()
-    result = export("geo", threshold=0.0, dedup=False)
+    ids = seed_store(store_url)
+    result = export(store_url, "geo", threshold=0.0, dedup=False)
     examples = all_examples(result.path)
     assert sum(len(v) for v in examples.values()) == len(ids)
     place_split: dict[str, str] = {}
@@ -140,25 +141,25 @@ def test_threshold_selects_and_no_place_is_in_two_splits(store_url):
 
 
 def test_same_inputs_same_hash_and_threshold_changes_it(store_url):
-    seed_store()
-    a = export("a", seed=3)
-    b = export("b", seed=3)
+    seed_store(store_url)
+    a = export(store_url, "a", seed=3)
+    b = export(store_url, "b", seed=3)
     assert a.content_hash == b.content_hash
     for s in SPLITS:
         assert location_file(a.path, s).read_bytes() == location_file(b.path, s).read_bytes()
-    assert export("c", seed=3, threshold=0.45).content_hash != a.content_hash
-    assert export("d", seed=3, threshold=0.401).content_hash != a.content_hash  # same rows, other parameters
-    assert export("e", seed=4).content_hash != a.content_hash
+    assert export(store_url, "c", seed=3, threshold=0.45).content_hash != a.content_hash
+    assert export(store_url, "d", seed=3, threshold=0.401).content_hash != a.content_hash  # same rows, other parameters
+    assert export(store_url, "e", seed=4).content_hash != a.content_hash
 
 
 def test_quarantined_images_never_appear(store_url):
-    ids = seed_store()
-    with session_scope() as s:
+    ids = seed_store(store_url)
+    with session_scope(store_url) as s:
         s.get(m.Image, ids[sha(30)]).status = "quarantined"
         quarantine(s, "image", sha(31), "corrupt image")
         quarantine(s, "image", "/data/33.png", "corrupt image")
         s.add(m.ReviewTask(item_kind="image", item_id=ids[sha(29)], state="done", final_label="locatable"))
-    s29_kept = export("q", threshold=0.0, dedup=False)
+    s29_kept = export(store_url, "q", threshold=0.0, dedup=False)
     exported = {ex.id for rows in all_examples(s29_kept.path).values() for ex in rows}
     assert sha(29) in exported
     assert not exported & {sha(30), sha(31), sha(33)}
@@ -166,13 +167,13 @@ def test_quarantined_images_never_appear(store_url):
 
 
 def test_human_label_overrides_score_both_ways(store_url):
-    ids = seed_store()
+    ids = seed_store(store_url)
     low, high = sha(0), sha(len(ids) - 1)  # lowest and highest locatability
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         s.add(m.ReviewTask(item_kind="image", item_id=ids[low], state="done", final_label="locatable",
                            final_country="CZ"))
         s.add(m.ReviewTask(item_kind="image", item_id=ids[high], state="done", final_label="not_locatable"))
-    result = export("human", dedup=False)
+    result = export(store_url, "human", dedup=False)
     exported = {ex.id: ex for rows in all_examples(result.path).values() for ex in rows}
     assert low in exported and high not in exported
     assert exported[low].country_code == "CZ" and exported[low].answer.country == "Czechia"
@@ -180,47 +181,50 @@ def test_human_label_overrides_score_both_ways(store_url):
 
 
 def test_near_duplicates_removed_keeping_the_most_locatable(store_url):
-    ids = seed_store()
+    ids = seed_store(store_url)
     # images 0..3 are one city: make 1 and 2 near-copies of 3 (the most locatable of the four)
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         base = np.frombuffer(s.get(m.ImageEmbedding, (ids[sha(3)], EMBEDDING_VERSION)).vector, np.float32)
         for n, noise in ((1, 0.01), (2, 0.02)):
             v = base + noise * np.ones_like(base)
             s.get(m.ImageEmbedding, (ids[sha(n)], EMBEDDING_VERSION)).vector = (v / np.linalg.norm(v)).tobytes()
-    result = export("dedup", threshold=0.0)
+    result = export(store_url, "dedup", threshold=0.0)
     exported = {ex.id for rows in all_examples(result.path).values() for ex in rows}
     assert result.removed_duplicates == 2 == result.counts["removed_duplicates"]
     assert sha(3) in exported and sha(0) in exported and not exported & {sha(1), sha(2)}
 
 
 def test_export_names_are_immutable(store_url):
-    seed_store()
-    first = export("once")
+    seed_store(store_url)
+    first = export(store_url, "once")
     with pytest.raises(UserError, match="already exists"):
-        export("once", threshold=0.1)
+        export(store_url, "once", threshold=0.1)
     assert json.loads((first.path / MANIFEST).read_text())["threshold"] == 0.4
     with pytest.raises(UserError, match="split"):
-        export("bad", split="0.5/0.5/0.5")
+        export(store_url, "bad", split="0.5/0.5/0.5")
 
 
 def test_reasoning_file_has_accepted_clues_outside_held_out_places(store_url):
-    ids = seed_store()
-    with session_scope() as s:
+    ids = seed_store(store_url)
+    with session_scope(store_url) as s:
         accepted = m.Clue(sha256=sha(1000), text="Yellow-backed signs and Cyrillic-free Polish text.", country="PL",
                           status="accepted")
         rejected = m.Clue(sha256=sha(1001), text="nice view", country="PL", status="rejected")
         s.add_all([accepted, rejected])
         s.flush()
-        s.add_all([m.CluePair(clue_id=accepted.id, image_id=ids[sha(k)], method="given") for k in range(8)])
+        s.add_all([m.CluePair(clue_id=accepted.id, image_id=ids[sha(k)], method="given") for k in range(10)])
         s.add(m.CluePair(clue_id=rejected.id, image_id=ids[sha(0)], method="given"))
-    result = export("reasoning", threshold=0.0, dedup=False)
+        # a reviewer dropped image 8 and image 9 is quarantined: the decision rule leaves both out of reasoning too
+        s.add(m.ReviewTask(item_kind="image", item_id=ids[sha(8)], state="done", final_label="unusable"))
+        quarantine(s, "image", sha(9), "corrupt image")
+    result = export(store_url, "reasoning", threshold=0.0, dedup=False)
     location = all_examples(result.path)
     held_out = {ex.id for s in ("val", "test") for ex in location[s]}
     examples = read_examples(reasoning_file(result.path))
     assert examples and all(ex.answer.reasons == accepted.text for ex in examples)
     assert all(ex.answer.country == "Poland" for ex in examples)
     image_shas = {ex.image.split("/")[1].split(".")[0] for ex in examples}
-    assert not image_shas & held_out
+    assert not image_shas & held_out and not image_shas & {sha(8), sha(9)}
     assert len(examples) + result.counts["reasoning"]["held_out"] == 8
 
 
@@ -231,12 +235,12 @@ def test_evidence_sentence_names_top_classes():
 
 
 def test_fast_line_writer_matches_the_format():
-    from curation.export import _line
+    from curation.export.answers import example_line
     from geocurate.export_format import Answer, Example
 
     example = Example(id="a", image="images/a.jpg", prompt=PROMPT, answer=Answer("Poland", "Kraków", "signs"),
                       country_code="PL", city="Kraków", lat=50.0, lon=19.9, meta={"place": "city:PL:krakow"})
-    assert _line(example) == example.to_line()
+    assert example_line(example) == example.to_line()
 
 
 def test_dedup_computes_missing_embeddings_and_reuses_stored_ones(sqlite_store, tmp_path, monkeypatch):
@@ -261,7 +265,7 @@ def test_dedup_computes_missing_embeddings_and_reuses_stored_ones(sqlite_store, 
         PILImage.fromarray(pixels).save(path)
         rows.append(dict(sha256=sha(500 + n), uri=str(path), lat=50.0, lon=19.9, country_code="PL", city="Kraków"))
     clip = load_clip(settings)
-    with session_scope() as s:
+    with session_scope(sqlite_store) as s:
         add_images(s, rows)
         ids = ids_by_sha(s, [r["sha256"] for r in rows])
         a_id, b_id, c_id = (ids[r["sha256"]] for r in rows)
@@ -270,10 +274,11 @@ def test_dedup_computes_missing_embeddings_and_reuses_stored_ones(sqlite_store, 
         # c's stored vector says "copy of b": the export must reuse it rather than embed c's pixels
         b_vector = clip.encode_images([PILImage.fromarray(b)])[0]
         store_embeddings(s, {c_id: b_vector}, clip.version)
-    result = build_export(None, "clip-dedup", threshold=0.0, split=(1.0, 0.0, 0.0))
+    result = build_export(ExportParams.from_settings(settings, "clip-dedup", threshold=0.0, split=(1.0, 0.0, 0.0)),
+                          sqlite_store)
     exported = [ex.id for ex in read_examples(location_file(result.path, "train"))]
     assert exported == [sha(501)] and result.removed_duplicates == 2
-    with session_scope() as s:
+    with session_scope(sqlite_store) as s:
         stored = s.scalars(
             select(m.ImageEmbedding.image_id).where(m.ImageEmbedding.model_version == clip.version)).all()
     assert set(stored) == {a_id, b_id, c_id}
@@ -281,7 +286,7 @@ def test_dedup_computes_missing_embeddings_and_reuses_stored_ones(sqlite_store, 
 
 def test_location_line_template_matches_the_format():
     """The location pass writes lines from a template; it must spell every value as Example.to_line does."""
-    from curation.export import _location_line
+    from curation.export.answers import location_line
     from geocurate.export_format import Answer, Example
 
     cases = [("Kraków", 50.06, 19.94, 0.1234567891, "locatable", 'city:PL:krakow'),
@@ -294,16 +299,16 @@ def test_location_line_template_matches_the_format():
                           city=city, lat=lat, lon=lon,
                           meta={"locatability": round(float(loc), 6), "place": place,
                                 **({"human_label": label} if label else {})})
-        line = _location_line("f" * 64, f"images/{'f' * 64}.jpg", '"Japan"', '"JP"', city,
+        line = location_line("f" * 64, f"images/{'f' * 64}.jpg", '"Japan"', '"JP"', city,
                               "Main geographic evidence: road.", lat, lon, loc, place, label)
         assert line == example.to_line()
 
 
 def test_failed_links_fail_the_export(tmp_path):
     """Links are made by a child process: its errors must reach the caller."""
-    from curation.export import _ImagePlacer, _HashedWriter
+    from curation.export.placement import ImagePlacer
 
-    placer = _ImagePlacer(tmp_path / "x", "link", _HashedWriter(tmp_path / "x" / "listing"))
+    placer = ImagePlacer(tmp_path / "x", "link")
     (tmp_path / "x" / "images" / "ab.jpg").write_text("in the way")
     placer.request_link("ab", "/data/ab.jpg")
     with pytest.raises(OSError, match="making image links failed"):
@@ -322,24 +327,24 @@ def test_a_name_being_built_is_refused_and_a_dead_builders_name_is_taken_over(st
     from db import exports as store
     from db.heartbeat import is_dead_local, worker_id
 
-    seed_store()
-    with session_scope() as s:  # this process is building "busy"; its partial folder holds work in progress
+    seed_store(store_url)
+    with session_scope(store_url) as s:  # this process is building "busy"; its partial folder holds work in progress
         store.begin_export(s, "busy", "v1", 0.4, {}, str(tmp_path / "exports" / "busy"), worker_id(), 60,
                            is_dead_local)
     work = tmp_path / "exports" / ".busy.partial"
     work.mkdir(parents=True)
     (work / "in-progress").write_text("x")
     with pytest.raises(UserError, match=rf"export 'busy' is being built by {socket.gethostname()}:{os.getpid()}"):
-        export("busy")
+        export(store_url, "busy")
     assert (work / "in-progress").read_text() == "x"
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    with session_scope() as s:  # the builder of "orphan" died (same host, its pid is gone)
+    with session_scope(store_url) as s:  # the builder of "orphan" died (same host, its pid is gone)
         store.begin_export(s, "orphan", "v1", 0.4, {}, str(tmp_path / "exports" / "orphan"),
                            f"{socket.gethostname()}:{gone.stdout.strip()}", 60, is_dead_local)
-    result = export("orphan")
+    result = export(store_url, "orphan")
     assert result.path.is_dir() and not (tmp_path / "exports" / ".orphan.partial").exists()
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert s.scalar(select(m.Export.status).where(m.Export.name == "orphan")) == "done"
 
 
@@ -349,24 +354,84 @@ def test_a_stale_heartbeat_frees_the_name_on_postgresql(pg_store, tmp_path):
 
     from db import exports as store
 
-    seed_store()
-    with session_scope() as s:  # a builder on another machine that stopped beating two minutes ago
+    seed_store(pg_store)
+    with session_scope(pg_store) as s:  # a builder on another machine that stopped beating two minutes ago
         export_id = store.begin_export(s, "remote", "v1", 0.4, {}, str(tmp_path / "exports" / "remote"),
                                        "other-host:1", 60, lambda holder: False)
         s.get(m.Export, export_id).heartbeat_at = m.utcnow() - timedelta(seconds=30)
     with pytest.raises(UserError, match="is being built by other-host:1"):
-        export("remote")
-    with session_scope() as s:
+        export(pg_store, "remote")
+    with session_scope(pg_store) as s:
         s.get(m.Export, export_id).heartbeat_at = m.utcnow() - timedelta(seconds=120)
-    assert export("remote").path.is_dir()
+    assert export(pg_store, "remote").path.is_dir()
 
 
 def test_a_city_name_at_the_column_limit_exports(store_url):
     """The place key is `city:CC:<name>`, longer than the 200-character city column: it used to overflow the
     export's place table on PostgreSQL and block every later export."""
-    seed_store()
-    with session_scope() as s:
+    seed_store(store_url)
+    with session_scope(store_url) as s:
         s.query(m.Image).filter(m.Image.city == "Recife").update({m.Image.city: "R" * 200})  # kept: high scores
-    result = export("long-city")
+    result = export(store_url, "long-city")
     places = {ex.meta["place"] for examples in all_examples(result.path).values() for ex in examples}
     assert f"city:BR:{'r' * 200}" in places
+
+
+def test_params_come_from_settings_and_are_checked():
+    settings = get_settings()
+    params = ExportParams.from_settings(settings, "p", split="0.5/0.25/0.25", dedup=False)
+    assert (params.threshold, params.out_dir, params.images, params.h3_resolution) == (
+        settings.threshold, settings.export_dir, settings.export_images, settings.h3_resolution)
+    assert params.split == (0.5, 0.25, 0.25) and params.dedup_similarity is None
+    assert params.clip.clip_model == settings.clip_model and params.lease_seconds == settings.lease_seconds
+    for bad, message in (({"name": ".hidden"}, "export name"), ({"threshold": 1.5}, "threshold"),
+                         ({"images": "hardlink"}, "images must be link or copy"), ({"split": "1/1/1"}, "split")):
+        with pytest.raises(UserError, match=message):
+            ExportParams.from_settings(settings, **{"name": "ok", **bad})
+
+
+def test_the_export_reads_its_params_not_the_settings(store_url, tmp_path, monkeypatch):
+    """Workers and the CLI hand the export its values: nothing in the build may fall back on the process's settings
+    (here the settings would say H3 resolution 5 and the default export folder)."""
+    import h3
+
+    import geocurate.settings
+
+    seed_store(store_url)
+    params = ExportParams(name="values", threshold=0.0, out_dir=tmp_path / "elsewhere", images="link",
+                          dedup_similarity=0.99, h3_resolution=3, lease_seconds=60, heartbeat_seconds=15,
+                          embedding_version=EMBEDDING_VERSION)
+
+    def no_settings():
+        raise AssertionError("the export library read the settings")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(geocurate.settings, "get_settings", no_settings)
+        result = build_export(params, store_url)
+    assert result.path == tmp_path / "elsewhere" / "values"
+    cells = {ex.meta["place"][3:] for rows in all_examples(result.path).values() for ex in rows
+             if ex.meta["place"].startswith("h3:")}
+    assert cells and {h3.get_resolution(cell) for cell in cells} == {3}
+
+
+def test_rows_are_read_by_column_name():
+    """A selection whose columns are not the row type's fails the export instead of shifting its values."""
+    from sqlalchemy import select as select_
+
+    from curation.export.selection import LocatedImage, named_rows
+
+    shifted = select_(m.Image.id, m.Image.sha256, m.Image.lon, m.Image.lat, m.Image.country_code, m.Image.city,
+                      m.Image.uri)
+    with pytest.raises(RuntimeError, match="LocatedImage columns"):
+        named_rows(None, shifted, LocatedImage)
+
+
+def test_image_names_keep_the_source_suffix_as_splitext_does():
+    import os
+
+    from curation.export.placement import image_name
+
+    for uri in ("/a/b.JPG", "/a/b.jpeg", "/a/.hidden", "/a/..b.png", "/a.d/b", "/a/b.", "/a/b.toolongsuffix",
+                "/a/...", "b.webp", "/a/b.tar.gz", "/a/b c.Png"):
+        suffix = os.path.splitext(uri)[1].lower()
+        assert image_name("f" * 64, uri) == "f" * 64 + (suffix if 0 < len(suffix) <= 6 else ".jpg"), uri

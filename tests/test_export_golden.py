@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from curation.export import build_export
+from curation.export import ExportParams, build_export
 from db import models as m
 from db.engine import session_scope
 from db.quarantine import quarantine
 from geocurate.export_format import MANIFEST
+from geocurate.settings import get_settings
 from tests.test_export import EMBEDDING_VERSION, seed_store, sha
 
 # manifest.json's `content_hash`; the same on SQLite and PostgreSQL
@@ -35,7 +36,7 @@ def golden_store(url: str, image_dir: Path) -> None:
     """seed_store plus every path the export takes: reviews both ways (one with a corrected country), quarantine by
     row, sha256 and path, two planted near-copies, clues paired within and across countries (one paired with a
     human-dropped image, one rejected), and images on disk for the copy mode (all but two, which go missing)."""
-    ids = seed_store()
+    ids = seed_store(url)
     with session_scope(url) as s:
         s.add_all([m.ReviewTask(item_kind="image", item_id=ids[sha(0)], state="done", final_label="locatable",
                                 final_country="CZ"),
@@ -69,8 +70,9 @@ def golden_store(url: str, image_dir: Path) -> None:
 
 
 def build(url: str, out_dir: Path, name: str, **parameters):
-    return build_export(url, name, scorer_version="v1", out_dir=out_dir, embedding_version=EMBEDDING_VERSION,
-                        **parameters)
+    params = ExportParams.from_settings(get_settings(), name, scorer_version="v1", out_dir=out_dir,
+                                        embedding_version=EMBEDDING_VERSION, **parameters)
+    return build_export(params, url)
 
 
 def digest(value) -> str:

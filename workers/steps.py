@@ -174,11 +174,11 @@ def plan_export(session: Session, run_id: int, params: dict[str, Any], settings:
 
 
 def work_export(session: Session, claim: Claim, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    from curation.export import build_export
+    from curation.export import ExportParams, build_export
 
     version = scorer_version_of(session, claim.run_id) if params.get("kind") != "export" else None
-    built = build_export(settings.database_url, claim.payload["name"], threshold=settings.threshold,
-                         scorer_version=version)
+    built = build_export(ExportParams.from_settings(settings, claim.payload["name"], scorer_version=version),
+                         settings.database_url)
     return {"export": claim.payload["name"], **as_counts(built)}
 
 

@@ -24,19 +24,18 @@ def export(
     train: bool = typer.Option(False, "--train", help="Then enqueue the two-stage training on this export."),
 ) -> None:
     """Build a curated, versioned export (manifest, location and reasoning JSONL, images) and record it."""
-    from curation.export import build_export
+    from curation.export import ExportParams, build_export
     from db.engine import check_connection
 
-    if images not in (None, "link", "copy"):
-        raise UserError(f"--images must be link or copy, not {images!r}")
     settings = get_settings()
+    params = ExportParams.from_settings(settings, name, threshold=threshold, scorer_version=scorer_version, split=split,
+                                        seed=seed, images=images, dedup=not no_dedup)
     check_connection(settings.database_url)
     if train:
         from workers.broker import check_broker
 
         check_broker(settings)  # before the export is built, not after
-    result = build_export(settings.database_url, name, threshold=threshold, scorer_version=scorer_version, split=split,
-                          seed=seed, images=images, dedup=not no_dedup)
+    result = build_export(params, settings.database_url)
     location = result.counts["location"]
     typer.echo(f"export {result.name}: {result.path}")
     typer.echo(f"  location train/val/test: {location['train']}/{location['val']}/{location['test']}; "

@@ -1,0 +1,88 @@
+"""Everything an export depends on, as values: the library never reads the process's settings, so a worker, the CLI
+and a test build the same export from the same values, and the values that shape the files are what the manifest's
+content hash covers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from curation.splits import parse_split
+from geocurate.errors import UserError
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """The open_clip model that computes embeddings the store lacks (field names as in Settings, which
+    curation.clip.load_clip reads)."""
+
+    clip_model: str
+    clip_pretrained: str | None
+    demo_models: bool
+    device: str
+    score_dtype: str
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """A valid export request: construction raises UserError for a bad name, threshold, split or image mode.
+
+    `dedup_similarity` None keeps near-duplicates. `scorer_version` None means the store's latest (resolved when
+    the build starts). `embedding_version` picks stored embeddings by model version (default: `clip`'s, which then
+    loads). `lease_seconds` and `heartbeat_seconds` are the build guard's: a build silent for a lease loses its name.
+    """
+
+    name: str
+    threshold: float
+    out_dir: Path
+    images: Literal["link", "copy"]
+    dedup_similarity: float | None
+    h3_resolution: int
+    lease_seconds: float
+    heartbeat_seconds: float
+    scorer_version: str | None = None
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    embedding_version: str | None = None
+    clip: ClipSettings | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if not name or not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
+            raise UserError(f"export name {name!r} must be letters, digits, '.', '_' or '-'")
+        threshold = float(self.threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise UserError(f"threshold {threshold} must be a locatability between 0 and 1")
+        if self.images not in ("link", "copy"):
+            raise UserError(f"images must be link or copy, not {self.images!r}")
+        if self.dedup_similarity is not None and self.embedding_version is None and self.clip is None:
+            raise UserError("near-duplicate removal needs an embedding version or an open_clip model")
+        object.__setattr__(self, "threshold", threshold)
+        object.__setattr__(self, "split", parse_split(self.split))
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+
+    @classmethod
+    def from_settings(cls, settings, name: str, *, threshold: float | None = None, scorer_version: str | None = None,
+                      split: str | tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
+                      out_dir: Path | None = None, images: Literal["link", "copy"] | None = None, dedup: bool = True,
+                      embedding_version: str | None = None) -> ExportParams:
+        """The request of `geocurate export` and of a pipeline's export step: what is not given comes from
+        `settings` (geocurate.settings.Settings)."""
+        clip = ClipSettings(settings.clip_model, settings.clip_pretrained, settings.demo_models, settings.device,
+                            settings.score_dtype)
+        return cls(name=name, threshold=settings.threshold if threshold is None else threshold,
+                   out_dir=Path(out_dir or settings.export_dir), images=images or settings.export_images,
+                   dedup_similarity=settings.dedup_similarity if dedup else None,
+                   h3_resolution=settings.h3_resolution, lease_seconds=settings.lease_seconds,
+                   heartbeat_seconds=settings.heartbeat_seconds, scorer_version=scorer_version, split=split,
+                   seed=seed, embedding_version=embedding_version, clip=clip)
+
+    def with_scorer_version(self, version: str) -> ExportParams:
+        return replace(self, scorer_version=version)
+
+    def hashed(self) -> dict[str, Any]:
+        """The parameters that shape the files: recorded in the manifest and part of its content hash."""
+        return dict(threshold=self.threshold, scorer_version=self.scorer_version, split=list(self.split),
+                    seed=self.seed, dedup_similarity=self.dedup_similarity, h3_resolution=self.h3_resolution,
+                    embedding_version=self.embedding_version)

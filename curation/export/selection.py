@@ -1,0 +1,149 @@
+"""Which images an export holds and where: the kept selection (curation.decisions) → places → splits → near-duplicates
+removed, in two streaming passes over the store, so a million rows run in constant memory.
+
+1. `deal_places`: the kept selection streams once; each image's place (city, else H3 cell) goes to a temporary table,
+   group sizes come back from one GROUP BY and whole places are dealt to train/val/test (curation.splits);
+2. `places`: the selection streams again joined with that table and the stored vectors, ordered by (place, sha256),
+   and comes out a batch of consecutive places at a time with its near-duplicates named.
+
+Rows are read by column name: each pass's row type lists the names its query must return, checked when the query is
+built, so a change of columns in decided_images fails the export instead of shifting its values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from itertools import groupby
+from operator import attrgetter
+from typing import Any, NamedTuple, TypeVar
+
+from sqlalchemy import Select, Table, and_, null
+from sqlalchemy.orm import Session, aliased
+
+from curation.countries import is_country_code
+from curation.decisions import decided_images
+from curation.export.duplicates import EmbeddingLookup, duplicates_in
+from curation.export.params import ExportParams
+from curation.splits import assign_groups, group_key
+from db import exports as store
+from db.models import Image, ImageEmbedding
+from db.quarantine import quarantine
+
+DEDUP_BATCH_ROWS = 2000  # consecutive places whose missing embeddings are looked up together
+NO_DUPLICATES: frozenset[int] = frozenset()
+
+
+class LocatedImage(NamedTuple):
+    """A row of the first pass: decided_images' lean columns and the image's path."""
+
+    id: int
+    sha256: str
+    lat: float
+    lon: float
+    country_code: str
+    city: str | None
+    uri: str
+
+
+class KeptImage(NamedTuple):
+    """A row of the second pass: decided_images' columns, the image's place and its stored vector (None when the
+    store has none, or dedup is off)."""
+
+    id: int
+    sha256: str
+    uri: str
+    lat: float
+    lon: float
+    country_code: str
+    city: str | None
+    locatability: float
+    class_ratios: dict[str, float] | None
+    human_label: str | None
+    kept: bool
+    place: str
+    vector: bytes | None
+
+
+class Place(NamedTuple):
+    key: str
+    split: str
+    images: list[KeptImage]  # in sha256 order, near-duplicates included
+    duplicates: set[int] | frozenset[int]  # ids removed as near-duplicates (shared by a batch's places)
+
+
+Row = TypeVar("Row", LocatedImage, KeptImage)
+
+
+def named_rows(session: Session, stmt: Select, row_type: type[Row]) -> Iterator[Row]:
+    """`stmt`'s rows as `row_type`, streamed; raises when the query's column names are not the row type's."""
+    names = tuple(stmt.selected_columns.keys())
+    if names != row_type._fields:
+        raise RuntimeError(f"the export reads {row_type.__name__} columns {row_type._fields}, the query returns "
+                           f"{names}")
+    return map(row_type._make, store.stream_rows(session, stmt))
+
+
+def deal_places(session: Session, params: ExportParams, groups: Table,
+                on_kept: Callable[[str, str], Any] | None) -> dict[str, str]:
+    """Pass 1: every kept image's place into `groups` (images with an unknown country are quarantined instead),
+    `on_kept(sha256, uri)` called for each; returns place → split name."""
+    known_country: dict[str | None, bool] = {}
+    city_places: dict[tuple[str | None, str], str | None] = {}
+    h3_resolution = params.h3_resolution
+    kept = decided_images(params.scorer_version, params.threshold, Image.uri, lean=True)
+
+    def keyed_rows() -> Iterator[tuple[int, str | None]]:
+        for image in named_rows(session, kept, LocatedImage):
+            code = image.country_code
+            valid = known_country.get(code)
+            if valid is None:
+                valid = known_country[code] = is_country_code(code)
+            if not valid:
+                quarantine(session, "metadata", image.sha256, "unknown_country", f"country code {code!r}")
+                continue
+            city = image.city
+            if city:  # a place per (country, city): normalising the name once per city, not once per image
+                key = city_places.get((code, city))
+                if key is None:
+                    key = city_places[(code, city)] = group_key(code, city, image.lat, image.lon, h3_resolution)
+            else:
+                key = group_key(code, city, image.lat, image.lon, h3_resolution)
+            if on_kept is not None:
+                on_kept(image.sha256, image.uri)
+            yield image.id, key
+
+    store.add_place_keys(session, groups, keyed_rows())
+    store.analyze(session, groups)
+    return assign_groups(store.group_sizes(session, groups), params.split, params.seed)
+
+
+def places(session: Session, params: ExportParams, groups: Table, split_of: dict[str, str]) -> Iterator[list[Place]]:
+    """Pass 2: the kept images by place (and sha256), a batch of consecutive places at a time, near-duplicates of
+    each place named (open_clip is looked up only when there is something to export)."""
+    similarity = params.dedup_similarity
+    lookup = EmbeddingLookup(session, params.embedding_version, params.clip) if similarity is not None and split_of \
+        else None
+    columns = [groups.c.group_key.label("place")]
+    if lookup is not None:
+        stored = aliased(ImageEmbedding, name="stored_embedding")
+        ordered = decided_images(params.scorer_version, params.threshold, *columns, stored.vector).outerjoin(
+            stored, and_(stored.image_id == Image.id, stored.model_version == lookup.version))
+    else:
+        ordered = decided_images(params.scorer_version, params.threshold, *columns, null().label("vector"))
+    ordered = ordered.join(groups, groups.c.image_id == Image.id).order_by(groups.c.group_key, Image.sha256)
+
+    def resolved(batch: list[tuple[str, list[KeptImage]]]) -> list[Place]:
+        drop = duplicates_in([images for _, images in batch], lookup, similarity) if lookup else NO_DUPLICATES
+        return [Place(key, split_of[key], images, drop) for key, images in batch]
+
+    batch: list[tuple[str, list[KeptImage]]] = []
+    batch_rows = 0
+    for key, images in groupby(named_rows(session, ordered, KeptImage), key=attrgetter("place")):
+        images = list(images)
+        batch.append((key, images))
+        batch_rows += len(images)
+        if batch_rows >= DEDUP_BATCH_ROWS:
+            yield resolved(batch)
+            batch, batch_rows = [], 0
+    if batch:
+        yield resolved(batch)
