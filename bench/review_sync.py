@@ -49,10 +49,11 @@ def annotate_all(client, task_ids: list[int]) -> None:
 
 def naive_sync(url: str, n: int) -> tuple[float, float]:
     """Baseline: per-task requests for push and pull, on `n` tasks of the same store. Returns (push s, pull s)."""
-    client = make_client()
-    project = client.projects.create(title="geocurate bench: naive", label_config=IMAGE_REVIEW.xml)
     from db.review import unpushed
     from geocurate.settings import get_settings
+
+    client = make_client(get_settings())
+    project = client.projects.create(title="geocurate bench: naive", label_config=IMAGE_REVIEW.xml)
 
     with session_scope(url) as session:
         rows = unpushed(session, "image", n)
@@ -92,7 +93,7 @@ def main() -> None:
                 "GEOCURATE_LABEL_STUDIO_API_KEY": server.token,
                 "GEOCURATE_LABEL_STUDIO_IMAGE_ROOT": str(server.image_root),
             })
-            reload_settings()
+            settings = reload_settings()
             spread = [0.3 + 0.2 * (i + 0.5) / args.tasks for i in range(args.tasks)]  # all inside the band
             seed_images(url, server.image_root / "streets", spread)
             route(url)
@@ -100,16 +101,16 @@ def main() -> None:
             naive_push_s, naive_pull_s = naive_sync(url, args.baseline_tasks)
 
             start = time.perf_counter()
-            pushed = push_tasks(url)
+            pushed = push_tasks(url, settings=settings)
             push_s = time.perf_counter() - start
             with session_scope(url) as session:
                 ids = list(session.scalars(select(ReviewTask.ls_task_id).where(ReviewTask.ls_task_id.is_not(None))))
-            annotate_all(make_client(), ids)
+            annotate_all(make_client(settings), ids)
             start = time.perf_counter()
-            pulled = pull_annotations(url)
+            pulled = pull_annotations(url, settings=settings)
             pull_s = time.perf_counter() - start
             start = time.perf_counter()
-            steady = pull_annotations(url)  # the periodic sync when nothing changed
+            steady = pull_annotations(url, settings=settings)  # the periodic sync when nothing changed
             steady_s = time.perf_counter() - start
             with session_scope(url) as session:
                 stored = session.scalar(select(func.count()).select_from(Annotation))

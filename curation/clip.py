@@ -92,11 +92,7 @@ def _cached_clip(model_name: str, pretrained: str | None, demo: bool, device: st
     return build_clip(model_name, pretrained, demo, device, dtype)
 
 
-def load_clip(settings=None) -> ClipModel:
+def load_clip(settings) -> ClipModel:
     """The process-wide CLIP model for these settings (loaded once; workers call it at process start)."""
-    if settings is None:
-        from geocurate.settings import get_settings
-
-        settings = get_settings()
     return _cached_clip(settings.clip_model, settings.clip_pretrained, settings.demo_models, settings.device,
                         settings.score_dtype)

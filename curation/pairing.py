@@ -34,15 +34,11 @@ def top_matches(text_vectors: np.ndarray, image_vectors: np.ndarray, top_k: int,
     ]
 
 
-def pair_clues(session: Session, clip: ClipModel, top_k: int | None = None, min_similarity: float | None = None,
+def pair_clues(session: Session, clip: ClipModel, top_k: int, min_similarity: float,
                image_base: Path | None = None) -> int:
     """Write "embedding" clue_pairs for usable clues with a country and no image; returns the pairs added.
-    Idempotent: clues that already have a pair are left alone. Also links clues whose given image has arrived."""
-    from geocurate.settings import get_settings
-
-    settings = get_settings()
-    top_k = settings.pairing_top_k if top_k is None else top_k
-    min_similarity = settings.pairing_min_similarity if min_similarity is None else min_similarity
+    Idempotent: clues that already have a pair are left alone. Also links clues whose given image has arrived.
+    `top_k` and `min_similarity` are settings.pairing_top_k and pairing_min_similarity unless a caller overrides."""
     added = link_given_images(session, image_base)
 
     clues = clues_needing_pairs(session)

@@ -173,14 +173,10 @@ class Scorer:
         self.version = version_of(self.params)
 
     @classmethod
-    def from_settings(cls, settings=None, **segmenter_overrides: Any) -> "Scorer":
+    def from_settings(cls, settings, **segmenter_overrides: Any) -> "Scorer":
         from curation.segmenters.maskformer import MaskFormerSegmenter
         from curation.segmenters.sam import SamSegmenter
 
-        if settings is None:
-            from geocurate.settings import get_settings
-
-            settings = get_settings()
         weights = load_weights(settings)
         if settings.segmenter == "sam":
             segmenter = SamSegmenter.from_settings(settings, **segmenter_overrides)  # SAM first: fails fast

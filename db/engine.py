@@ -82,12 +82,10 @@ def _sessionmaker(url: str) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A transaction: committed when the block ends, rolled back when it raises."""
-    if url is None:
-        from geocurate.settings import get_settings
-
-        url = get_settings().database_url
+def session_scope(url: str) -> Iterator[Session]:
+    """A transaction on the store at `url`: committed when the block ends, rolled back when it raises. The URL is
+    always the caller's: a default to the process's settings once let a training stage write to another store than
+    the settings it was given named."""
     session = _sessionmaker(url)()
     try:
         yield session

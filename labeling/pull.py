@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from db.engine import session_scope
 from db.quarantine import quarantine
 from db.review import AnnotationRecord, get_review_task, replace_annotations, review_snapshot, set_decision
-from geocurate.settings import Settings, get_settings
+from geocurate.settings import Settings
 from labeling.client import call, make_client
 from labeling.configs import INTERFACES, interface_for
 from labeling.projects import find_project, iter_task_pages
@@ -171,11 +171,9 @@ def _get_task(client: "LabelStudio", task_id: int, settings: Settings) -> Any | 
         raise
 
 
-def pull_annotations(session_url: str | None = None, task_ids: Iterable[int] | None = None, *,
-                     settings: Settings | None = None) -> PullSummary:
-    """Pull every review project (or only `task_ids`, the Label Studio task ids a webhook named)."""
-    settings = settings or get_settings()
-    session_url = session_url or settings.database_url
+def pull_annotations(session_url: str, task_ids: Iterable[int] | None = None, *, settings: Settings) -> PullSummary:
+    """Pull every review project of the Label Studio of `settings` (or only `task_ids`, the Label Studio task ids a
+    webhook named) into the store at `session_url`."""
     client = make_client(settings)
     summary = PullSummary()
     if task_ids is not None:

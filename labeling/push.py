@@ -24,7 +24,7 @@ from curation.files import local_path
 from curation.locatability import top_classes
 from db.quarantine import quarantine
 from db.review import set_ls_task, unpushed
-from geocurate.settings import Settings, get_settings
+from geocurate.settings import Settings
 from labeling.client import call, make_client
 from labeling.configs import INTERFACES, ReviewInterface, interface_for, span_results
 from labeling.projects import ensure_local_storage, ensure_project, task_index
@@ -232,12 +232,10 @@ def push_kind(client: "LabelStudio", interface: ReviewInterface, session_url: st
             summary.reconciled += late_adopted
 
 
-def push_tasks(session_url: str | None = None, kind: str | None = None, limit: int | None = None, *,
-               settings: Settings | None = None, chunk_size: int = IMPORT_CHUNK) -> PushSummary:
-    """Send queued review items (all kinds, or `kind` = "image"/"clue") to Label Studio, at most `limit` per kind,
-    most uncertain first."""
-    settings = settings or get_settings()
-    session_url = session_url or settings.database_url
+def push_tasks(session_url: str, kind: str | None = None, limit: int | None = None, *, settings: Settings,
+               chunk_size: int = IMPORT_CHUNK) -> PushSummary:
+    """Send queued review items (all kinds, or `kind` = "image"/"clue") of the store at `session_url` to the Label
+    Studio of `settings`, at most `limit` per kind, most uncertain first."""
     kinds = [interface_for(kind).kind] if kind else list(INTERFACES)
     client = make_client(settings)
     summary = PushSummary()

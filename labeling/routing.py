@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Clue, Score
 from db.review import add_review_tasks
-from geocurate.settings import Settings, get_settings
+from geocurate.settings import Settings
 
 CLUE_PRIORITY = 0.5  # clues carry no score; they sort between sure and unsure images
 
@@ -35,9 +35,8 @@ def closeness(score: float, settings: Settings) -> float:
     return max(0.0, min(1.0, 1.0 - abs(score - settings.threshold) / half_width))
 
 
-def route_for_review(session: Session, scorer_version: str, settings: Settings | None = None) -> RouteSummary:
+def route_for_review(session: Session, scorer_version: str, settings: Settings) -> RouteSummary:
     """Queue images scored in [review_band_low, review_band_high) by `scorer_version`, and clues in "review"."""
-    settings = settings or get_settings()
     low, high = settings.review_band_low, settings.review_band_high
     borderline = session.execute(
         select(Score.image_id, Score.locatability)

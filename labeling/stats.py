@@ -76,11 +76,9 @@ def agreement(tasks: Sequence[Sequence[tuple[str, str]]]) -> tuple[float | None,
     return fleiss_kappa(used), "fleiss", len(used)
 
 
-def review_stats(session: Session, project_prefix: str | None = None) -> list[ProjectStats]:
-    if project_prefix is None:
-        from geocurate.settings import get_settings
-
-        project_prefix = get_settings().review_project_prefix
+def review_stats(session: Session, project_prefix: str) -> list[ProjectStats]:
+    """Per review project (titled after settings.review_project_prefix): task states, annotations, agreement and
+    annotation time."""
     counts = state_counts(session)
     result = []
     for kind, interface in INTERFACES.items():

@@ -19,7 +19,7 @@ from fastapi import BackgroundTasks, FastAPI, Header, HTTPException, Request
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from geocurate.settings import Settings, get_settings
+from geocurate.settings import Settings
 from labeling.projects import SECRET_HEADER, WEBHOOK_PATH
 from labeling.webhook_payload import Refused, named_ids, parse_event, read_body
 
@@ -28,24 +28,23 @@ log = logging.getLogger(__name__)
 TaskHandler = Callable[[int], None]
 
 
-def pull_task(task_id: int) -> None:
+def pull_task(task_id: int, settings: Settings) -> None:
     """Embedded mode (no broker): pull the task in this process."""
     from labeling.pull import pull_annotations
 
     try:
-        pull_annotations(task_ids=[task_id])
+        pull_annotations(settings.database_url, task_ids=[task_id], settings=settings)
     except Exception as exc:  # noqa: BLE001 - a failed hint is not fatal: the periodic pull catches up
         from geocurate.failures import explain
 
         log.error("pull of Label Studio task %s after a webhook failed (%s); the periodic sync will retry",
-                    task_id, explain(exc)[0])
+                    task_id, explain(exc, settings)[0])
 
 
-def default_handler(settings: Settings | None = None) -> TaskHandler:
+def default_handler(settings: Settings) -> TaskHandler:
     """In-process pull when embedded; with a broker, the workers' `sync_annotations` task."""
-    settings = settings or get_settings()
     if settings.embedded:
-        return pull_task
+        return lambda task_id: pull_task(task_id, settings)
     from workers.tasks import sync_annotations
 
     return lambda task_id: sync_annotations.delay(task_ids=[task_id])
@@ -68,9 +67,10 @@ def task_ids_of(payload: dict[str, Any], settings: Settings) -> set[int]:
         return set(rows)
 
 
-def create_app(on_task_changed: TaskHandler | None = None) -> FastAPI:
-    """The receiver; `on_task_changed(ls_task_id)` runs in the background for each task an event names
-    (default: `default_handler()`, resolved on the first event so the settings of the running process apply)."""
+def create_app(settings: Settings, on_task_changed: TaskHandler | None = None) -> FastAPI:
+    """The receiver for the secret, body limit and store of `settings`; `on_task_changed(ls_task_id)` runs in the
+    background for each task an event names (default: `default_handler(settings)`, resolved on the first event so
+    a receiver that never gets one never imports the workers)."""
     app = FastAPI(title="geocurate review webhook", docs_url=None, redoc_url=None, openapi_url=None)
     handler: list[TaskHandler] = [on_task_changed] if on_task_changed else []
 
@@ -81,7 +81,6 @@ def create_app(on_task_changed: TaskHandler | None = None) -> FastAPI:
     @app.post(WEBHOOK_PATH)
     async def receive(request: Request, background: BackgroundTasks,
                       secret: str | None = Header(None, alias=SECRET_HEADER)) -> dict[str, Any]:
-        settings = get_settings()
         expected = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
         if not expected or not secret or not hmac.compare_digest(secret.encode(), expected.encode()):
             raise HTTPException(status_code=401, detail="missing or wrong webhook secret")

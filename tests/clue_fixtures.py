@@ -17,5 +17,5 @@ def gazetteer(gazetteer_dir: Path):
     from curation.clues.gazetteer import get_gazetteer
     from geocurate.settings import Settings
 
-    # the process-wide gazetteer: commands run in tests (which call get_gazetteer()) reuse it instead of rebuilding
+    # the process-wide gazetteer: commands run in tests get it from get_gazetteer(settings) instead of rebuilding it
     return get_gazetteer(Settings(data_dir=gazetteer_dir, spacy_model=None))

@@ -12,6 +12,7 @@ from db.engine import session_scope
 from db.images import add_images, ids_by_sha
 from db.models import Clue
 from db.scores import add_scores, register_scorer_version
+from geocurate.settings import get_settings
 from labeling.routing import route_for_review
 
 SCORER = "test-scorer-1"
@@ -62,4 +63,4 @@ def seed_clues(url: str, texts: list[str], status: str = "review") -> list[int]:
 
 def route(url: str) -> None:
     with session_scope(url) as session:
-        route_for_review(session, SCORER)
+        route_for_review(session, SCORER, get_settings())

@@ -17,7 +17,7 @@ from curation.files import local_path
 from db.engine import session_scope
 from db.models import Clue, Image, Quarantine
 from geocurate.cli import app
-from geocurate.settings import reload_settings
+from geocurate.settings import get_settings, reload_settings
 from tests.clue_fixtures import gazetteer, gazetteer_dir  # noqa: F401 - fixtures
 from tests.scoring_images import street_image, write_images
 
@@ -30,14 +30,19 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
+def cli_store() -> str:
+    """The store the CLI commands under test write to (the fixture's, through GEOCURATE_DATABASE_URL)."""
+    return get_settings().database_url
+
+
 def stored(kind: type = Image) -> int:
-    with session_scope() as session:
+    with session_scope(cli_store()) as session:
         return session.scalar(select(func.count()).select_from(kind))
 
 
 def quarantined() -> dict[str, tuple[str, str, str]]:
     """reference -> (reason, source, detail)"""
-    with session_scope() as session:
+    with session_scope(cli_store()) as session:
         return {q.reference: (q.reason, q.source or "", q.detail or "") for q in session.scalars(select(Quarantine))}
 
 
@@ -119,7 +124,7 @@ def test_a_bad_file_is_quarantined_and_the_rest_stored(case, store_url, folder, 
     assert result.exit_code == 0, result.output
     if case.reason is None:
         assert stored() == GOOD + 1 and reasons() == []
-        with session_scope() as session:
+        with session_scope(store_url) as session:
             for uri in session.scalars(select(Image.uri)):
                 assert os.path.isfile(local_path(uri)), uri  # every stored path opens, whatever its bytes
         return
@@ -135,7 +140,7 @@ def test_a_bad_file_is_quarantined_and_the_rest_stored(case, store_url, folder, 
 def test_an_undecodable_name_is_stored_losslessly(store_url, folder, tmp_path):
     _undecodable_name(folder, tmp_path)
     assert invoke("ingest", "images", str(folder)).exit_code == 0
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         uri = session.scalar(select(Image.uri).where(Image.uri.like("file://%")))
     assert uri.endswith("/caf%E9-%FF.png")
     assert os.fsencode(local_path(uri)) == os.fsencode(str(folder)) + b"/caf\xe9-\xff.png"
@@ -190,7 +195,7 @@ def test_a_bad_metadata_row_is_quarantined_and_the_rest_applied(case, store_url,
     image_reasons = sorted(r for ref, (r, _, _) in found.items() if not ref.startswith(f"{csv_path}:"))
     assert row_reasons == sorted(case.row_reasons)
     assert image_reasons == sorted(case.image_reasons)
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         located = dict(session.execute(select(Image.uri, Image.country_code)).tuples().all())
     files = sum(1 for _ in folder.rglob("*.png"))
     assert len(located) == files - len(case.image_reasons)  # every other image is stored
@@ -206,7 +211,7 @@ def test_relative_paths_and_absolute_paths_inside_the_folder_match(store_url, fo
     csv_path.write_text(HEADER + "paris/street_020.png,48.8,2.3,FR,Paris,\n"
                         f"{folder / 'street_000.png'},50,19,PL,Kraków,\n./street_001.png,50,19,PL,Kraków,\n")
     assert invoke("ingest", "images", str(folder), "--metadata", str(csv_path)).exit_code == 0
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         codes = dict(session.execute(select(Image.uri, Image.country_code)).tuples().all())
     assert codes[str(folder / "paris" / "street_020.png")] == "FR"
     assert codes[str(folder / "street_000.png")] == codes[str(folder / "street_001.png")] == "PL"
@@ -221,7 +226,7 @@ def test_a_latin1_csv_fails_with_its_line_or_reads_with_encoding(store_url, fold
     assert stored() == 0  # nothing half-read
     right = invoke("ingest", "images", str(folder), "--metadata", str(csv_path), "--encoding", "latin-1")
     assert right.exit_code == 0, right.output
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         assert set(session.scalars(select(Image.city))) == {"Kraków"}
 
 
@@ -237,7 +242,7 @@ def test_the_latin1_error_names_the_file_and_line(tmp_path):
 def test_a_write_the_database_refuses_costs_only_its_row(store_url, folder, tmp_path):
     """A refusal validation did not foresee (here a trigger): the batch is written row by row, only the offender
     is quarantined as write_failed."""
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         if session.get_bind().dialect.name == "postgresql":
             session.execute(text("CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN IF NEW.city = 'Boom' THEN "
                                  "RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"))
@@ -290,5 +295,5 @@ def test_clue_csv_in_latin1_reads_with_encoding(store_url, tmp_path, gazetteer):
     assert wrong.exit_code == 0 and reasons() == ["bad_encoding"] and stored(Clue) == 0
     right = invoke("ingest", "clues", str(path), "--encoding", "latin-1")
     assert right.exit_code == 0, right.output
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         assert session.scalar(select(Clue.text)) == "In Kraków the trams are blue."

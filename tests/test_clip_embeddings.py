@@ -18,17 +18,17 @@ def test_embeddings_are_normalised_cached_and_reused(sqlite_store, tmp_path, mon
         path = tmp_path / f"{n}.png"
         PILImage.new("RGB", (80, 60), colour).save(path)
         paths.append(path)
-    with session_scope() as s:
+    with session_scope(sqlite_store) as s:
         add_images(s, [dict(sha256=f"{n:064x}", uri=str(p)) for n, p in enumerate(paths)])
         ids = list(ids_by_sha(s, [f"{n:064x}" for n in range(3)]).values())
-    with session_scope() as s:
+    with session_scope(sqlite_store) as s:
         first = image_embeddings(s, ids, clip)
     assert sorted(first) == sorted(ids)
     assert all(abs(np.linalg.norm(v) - 1) < 1e-4 for v in first.values())
 
     calls = []
     monkeypatch.setattr(clip, "encode_images", lambda images, **kw: calls.append(images))
-    with session_scope() as s:
+    with session_scope(sqlite_store) as s:
         second = image_embeddings(s, ids, clip)
         assert s.scalar(select(func.count()).select_from(ImageEmbedding)) == 3
     assert calls == []  # every vector came from the store

@@ -32,7 +32,7 @@ def test_jsonl_ingest_counts_quarantines_and_links(store_url, tmp_path, gazettee
     image_file.write_bytes(b"not really a jpeg, only hashed")
     from curation.clip import file_digest
 
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         add_images(s, [dict(sha256=STORED_SHA, uri="/x/a.jpg", country_code="PL"),
                        dict(sha256=file_digest(image_file), uri=str(image_file), country_code="BR")])
     clues = write_jsonl(tmp_path / "clues.jsonl", [
@@ -48,13 +48,13 @@ def test_jsonl_ingest_counts_quarantines_and_links(store_url, tmp_path, gazettee
         "[1, 2]",
         {"text": "Thai signs use a distinctive script.", "image": "b" * 64},  # image not in the store (yet)
     ])
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         summary = ingest_clues(s, clues, gazetteer=gazetteer)
     assert (summary.accepted, summary.rejected, summary.review) == (3, 1, 2)
     assert (summary.duplicates, summary.quarantined, summary.images_linked) == (1, 4, 2)
     assert any(r.startswith(f"{clues}:7: invalid JSON") for r in summary.quarantine_reasons)
 
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         rows = {c.text: c for c in s.scalars(select(Clue))}
         assert len(rows) == 6
         polish = rows["Polish bollards are red and white."]
@@ -76,16 +76,16 @@ def test_jsonl_ingest_counts_quarantines_and_links(store_url, tmp_path, gazettee
         assert quarantined[f"{clues}:9"][1].startswith("unknown country 'Atlantis'")
         assert f"{clues}:10" in quarantined and quarantined[f"{clues}:10"][2] == str(clues)
 
-    with session_scope() as s:  # the same file again: nothing new, nothing lost
+    with session_scope(store_url) as s:  # the same file again: nothing new, nothing lost
         again = ingest_clues(s, clues, gazetteer=gazetteer)
     assert (again.added, again.duplicates, again.quarantined) == (0, 7, 4)
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert s.scalar(select(func.count()).select_from(Clue)) == 6
         assert s.scalar(select(func.count()).select_from(Quarantine)) == 4
 
-    with session_scope() as s:  # the Thai clue's image arrives later and is linked then
+    with session_scope(store_url) as s:  # the Thai clue's image arrives later and is linked then
         add_images(s, [dict(sha256="b" * 64, uri="/x/b.jpg", country_code="TH")])
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert link_given_images(s) == 1
         assert link_given_images(s) == 0
         thai = s.scalar(select(Clue).where(Clue.text.startswith("Thai")))
@@ -102,16 +102,16 @@ def test_csv_ingest_and_a_human_decision(store_url, tmp_path, gazetteer):
         "gg wp,chat,\n",
         encoding="utf-8",
     )
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         summary = ingest_clues(s, path, gazetteer=gazetteer)
     assert (summary.accepted, summary.rejected, summary.review, summary.quarantined) == (2, 1, 0, 1)
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         czech = s.scalar(select(Clue).where(Clue.text.startswith("Czech")))
         assert (czech.status, czech.country, czech.country_hint) == ("accepted", "CZ", "CZ")
         assert s.scalar(select(Quarantine.reference)) == f"{path}:4"
         gg = s.scalar(select(Clue).where(Clue.text == "gg wp"))
         set_clue_decision(s, gg.id, "accepted", reason="annotator: Poland", country="PL")
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert s.get(Clue, gg.id).status == "accepted" and s.get(Clue, gg.id).country == "PL"
 
 

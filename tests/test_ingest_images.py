@@ -55,12 +55,12 @@ def test_read_metadata_refuses_bad_rows_with_their_reason(tmp_path):
 
 def test_ingest_is_bulk_idempotent_and_quarantines_bad_input(store_url, tmp_path):
     folder = make_folder(tmp_path)
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         summary, _ = ingest_folder(session, folder, tmp_path / "meta.csv", source="test")
     # 8 files: broken.jpg + 3 rejected metadata rows quarantined; copy_of_0 is a duplicate of street_000
     assert (summary.added, summary.duplicates, summary.quarantined) == (3, 1, 4)
     assert summary.reasons == {"metadata_rejected": 3, "unreadable_image": 1}
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         again, _ = ingest_folder(session, folder, tmp_path / "meta.csv", source="test")
         stored = {row.uri.rsplit("/", 1)[1]: row for row in session.scalars(select(Image))}
         quarantined = session.scalar(select(func.count()).select_from(Quarantine))

@@ -58,13 +58,13 @@ def test_any_metadata_csv_ends_stored_or_quarantined(store_url, folder, tmp_path
         writer = csv.writer(handle)
         writer.writerow(["filename", "lat", "lon", "country_code", "city", "source"])
         writer.writerows(rows)
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         summary, match = ingest_folder(session, folder, path)
     assert summary.added + summary.duplicates + summary.quarantined == len(FILES)
     data_rows = [row for row in rows if any(str(cell).strip() for cell in row)]
     applied = match.counts()["rows_matched"]
     assert applied + len(match.problems) == len(data_rows)
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         assert quarantined_from(session, str(path)) == len({p.line for p in match.problems})
 
 
@@ -92,10 +92,10 @@ clue_lines = st.lists(st.one_of(
 def test_any_clue_file_ends_stored_or_quarantined(store_url, tmp_path, gazetteer, lines):
     path = tmp_path / f"clues-{next(counter)}.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         summary = ingest_clues(session, path, gazetteer=gazetteer)
     physical = path.read_bytes().split(b"\n")
     non_blank = sum(1 for line in physical if line.strip())
     assert summary.added + summary.duplicates + summary.quarantined == non_blank
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         assert quarantined_from(session, str(path)) == summary.quarantined

@@ -60,8 +60,8 @@ def test_routing_queues_the_band_and_review_clues_once(store_url, tmp_path):
     with session_scope(store_url) as session:
         from labeling.routing import route_for_review
 
-        first = route_for_review(session, SCORER)
-        again = route_for_review(session, SCORER)
+        first = route_for_review(session, SCORER, get_settings())
+        again = route_for_review(session, SCORER, get_settings())
     assert (first.images_queued, first.clues_queued) == (4, 2)
     assert (again.images_queued, again.clues_queued, again.images_in_band) == (0, 0, 4)
     with session_scope(store_url) as session:
@@ -135,7 +135,7 @@ def test_stored_annotations_mirror_label_studio_and_feed_the_stats(store_url, tm
         set_decision(session, first, "done", "locatable", "PL")
         set_decision(session, second, "conflicted", None, None)
     with session_scope(store_url) as session:
-        [image_stats, clue_stats] = review_stats(session)
+        [image_stats, clue_stats] = review_stats(session, get_settings().review_project_prefix)
         assert image_stats.states == {"done": 1, "conflicted": 1}
         assert image_stats.annotations == 4 and image_stats.kappa_kind == "cohen"
         assert image_stats.mean_seconds_per_task == pytest.approx((10 + 11 + 10 + 30) / 2)
@@ -189,7 +189,7 @@ def test_unreachable_label_studio_is_retried_with_backoff_then_one_clear_error(s
     reload_settings()
     with caplog.at_level(logging.WARNING, logger="labeling.client"):
         with pytest.raises(LabelStudioUnavailable) as error:
-            push_tasks(sqlite_store)
+            push_tasks(sqlite_store, settings=get_settings())
     assert "4 times" in str(error.value) and "rerun" in str(error.value)
     assert "secret-token-never-printed" not in str(error.value) + caplog.text
     assert len([r for r in caplog.records if "retry" in r.getMessage()]) == 3
@@ -215,7 +215,7 @@ def test_missing_label_studio_settings_name_the_variable(sqlite_store):
     from labeling.client import LabelStudioNotConfigured, make_client
 
     with pytest.raises(LabelStudioNotConfigured, match="GEOCURATE_LABEL_STUDIO_URL"):
-        make_client()
+        make_client(get_settings())
 
 
 def test_webhook_refuses_a_wrong_or_missing_secret_and_queues_the_named_task(sqlite_store, monkeypatch):
@@ -226,7 +226,7 @@ def test_webhook_refuses_a_wrong_or_missing_secret_and_queues_the_named_task(sql
     monkeypatch.setenv("GEOCURATE_WEBHOOK_SECRET", "s3cret")
     reload_settings()
     pulled: list[int] = []
-    client = TestClient(create_app(pulled.append))
+    client = TestClient(create_app(get_settings(), pulled.append))
     event = {"action": "ANNOTATION_CREATED", "annotation": {"id": 5, "task": 42}, "task": {"id": 42}}
     assert client.post("/webhook", json=event).status_code == 401
     assert client.post("/webhook", json=event, headers={"X-Geocurate-Secret": "wrong"}).status_code == 401

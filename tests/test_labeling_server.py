@@ -148,12 +148,12 @@ def test_push_twice_gives_each_item_exactly_one_task_with_the_machines_predictio
     clue_ids = seed_clues(store_url, ["Yellow bollards like in Kraków", "gg wp"])
     route(store_url)
 
-    first = push_tasks(store_url)
-    second = push_tasks(store_url)
+    first = push_tasks(store_url, settings=get_settings())
+    second = push_tasks(store_url, settings=get_settings())
 
     assert (first.created, first.reconciled, first.quarantined) == (5, 0, 0)
     assert (second.created, second.reconciled) == (0, 0)
-    client = make_client()
+    client = make_client(get_settings())
     images = project_tasks(client, IMAGE_REVIEW)
     clues = project_tasks(client, CLUE_REVIEW)
     assert sorted(t.data["geocurate_id"] for t in images) == [f"image:{i}" for i in sorted(image_ids[1:4])]
@@ -183,15 +183,15 @@ def test_push_twice_gives_each_item_exactly_one_task_with_the_machines_predictio
 def test_a_push_that_died_before_recording_ids_adopts_its_tasks_instead_of_duplicating(sqlite_store, label_studio):
     seed_images(sqlite_store, label_studio.image_root / "streets", [0.35, 0.38, 0.42])
     route(sqlite_store)
-    push_tasks(sqlite_store)
+    push_tasks(sqlite_store, settings=get_settings())
     with session_scope(sqlite_store) as session:  # as if the process died between import and recording
         for row in session.scalars(select(ReviewTask)):
             row.ls_task_id = None
 
-    again = push_tasks(sqlite_store)
+    again = push_tasks(sqlite_store, settings=get_settings())
 
     assert (again.created, again.reconciled) == (0, 3)
-    assert len(project_tasks(make_client(), IMAGE_REVIEW)) == 3
+    assert len(project_tasks(make_client(get_settings()), IMAGE_REVIEW)) == 3
     assert all(r.ls_task_id for r in review_rows(sqlite_store).values())
 
 
@@ -200,7 +200,7 @@ def test_images_outside_the_served_directory_are_quarantined_and_the_rest_pushed
     outside = seed_images(sqlite_store, tmp_path / "elsewhere", [0.36, 0.44], first_seed=10)
     flat = seed_images(sqlite_store, label_studio.image_root, [0.46], first_seed=20)  # not in a folder
     route(sqlite_store)
-    summary = push_tasks(sqlite_store, kind="image")
+    summary = push_tasks(sqlite_store, kind="image", settings=get_settings())
     rows = review_rows(sqlite_store)
     pushed = {item for (kind, item), row in rows.items() if row.ls_task_id}
     assert set(inside) <= pushed
@@ -217,29 +217,29 @@ def test_images_outside_the_served_directory_are_quarantined_and_the_rest_pushed
 def test_pull_stores_new_updated_and_deleted_annotations(store_url, label_studio):
     [image_id] = seed_images(store_url, label_studio.image_root / "streets", [0.45])
     route(store_url)
-    push_tasks(store_url)
-    client = make_client()
+    push_tasks(store_url, settings=get_settings())
+    client = make_client(get_settings())
     ls_task = review_rows(store_url)["image", image_id].ls_task_id
 
     created = annotate(client, ls_task, IMAGE_REVIEW, "not_locatable", country="Czechia", seconds=14)
-    first = pull_annotations(store_url)
+    first = pull_annotations(store_url, settings=get_settings())
     with session_scope(store_url) as session:
         [stored] = session.scalars(select(Annotation)).all()
         assert (stored.ls_annotation_id, stored.label, stored.country, stored.lead_time) == (
             created.id, "not_locatable", "CZ", 14)
         assert human_labels(session, "image") == {image_id: ("not_locatable", "CZ")}
     assert (first.tasks, first.annotations, first.done, first.unchanged) == (1, 1, 1, 0)
-    steady = pull_annotations(store_url)  # the periodic sync with nothing new writes nothing
+    steady = pull_annotations(store_url, settings=get_settings())  # the periodic sync with nothing new writes nothing
     assert (steady.tasks, steady.unchanged, steady.changed, steady.done) == (1, 1, 0, 1)
 
     client.annotations.update(id=created.id, result=[IMAGE_REVIEW.choice_result("locatable")])
-    pull_annotations(store_url)
+    pull_annotations(store_url, settings=get_settings())
     with session_scope(store_url) as session:
         assert session.scalars(select(Annotation.label)).all() == ["locatable"]
         assert human_labels(session, "image") == {image_id: ("locatable", None)}
 
     client.annotations.delete(id=created.id)
-    third = pull_annotations(store_url)
+    third = pull_annotations(store_url, settings=get_settings())
     assert third.deleted == 1
     with session_scope(store_url) as session:
         assert session.scalar(select(func.count()).select_from(Annotation)) == 0
@@ -265,8 +265,8 @@ def test_stores_sharing_one_label_studio_keep_apart_by_project_prefix(sqlite_sto
         url = as_team(prefix)
         [image_ids[prefix]] = seed_images(url, label_studio.image_root / "streets", [0.45], first_seed=seed)
         route(url)
-        assert push_tasks(url).created == 1
-    client = make_client()
+        assert push_tasks(url, settings=get_settings()).created == 1
+    client = make_client(get_settings())
     for prefix, url in stores.items():
         as_team(prefix)
         [task] = project_tasks(client, IMAGE_REVIEW)
@@ -275,7 +275,7 @@ def test_stores_sharing_one_label_studio_keep_apart_by_project_prefix(sqlite_sto
 
     for prefix, url in stores.items():
         as_team(prefix)
-        assert pull_annotations(url).annotations == 1
+        assert pull_annotations(url, settings=get_settings()).annotations == 1
         with session_scope(url) as session:
             assert human_labels(session, "image") == {image_ids[prefix]: (labels[prefix], None)}
     assert image_ids["team-a"] == image_ids["team-b"]
@@ -287,18 +287,18 @@ def test_two_annotators_disagreeing_stay_in_review_and_agreeing_decide(sqlite_st
     reload_settings()
     split, agreed = seed_images(sqlite_store, label_studio.image_root / "streets", [0.36, 0.44])
     route(sqlite_store)
-    push_tasks(sqlite_store)
-    client = make_client()
+    push_tasks(sqlite_store, settings=get_settings())
+    client = make_client(get_settings())
     ann, bob = make_user(client, f"ann{time.monotonic_ns()}"), make_user(client, f"bob{time.monotonic_ns()}")
     rows = review_rows(sqlite_store)
     annotate(client, rows["image", split].ls_task_id, IMAGE_REVIEW, "locatable", user=ann)
     annotate(client, rows["image", agreed].ls_task_id, IMAGE_REVIEW, "unusable", user=ann)
-    pull_annotations(sqlite_store)
+    pull_annotations(sqlite_store, settings=get_settings())
     assert {r.state for r in review_rows(sqlite_store).values()} == {"pending"}  # waiting for the second annotator
 
     annotate(client, rows["image", split].ls_task_id, IMAGE_REVIEW, "not_locatable", user=bob)
     annotate(client, rows["image", agreed].ls_task_id, IMAGE_REVIEW, "unusable", country="PL", user=bob)
-    summary = pull_annotations(sqlite_store)
+    summary = pull_annotations(sqlite_store, settings=get_settings())
 
     rows = review_rows(sqlite_store)
     assert (rows["image", split].state, rows["image", split].final_label) == ("conflicted", None)
@@ -309,7 +309,7 @@ def test_two_annotators_disagreeing_stay_in_review_and_agreeing_decide(sqlite_st
         assert session.scalar(select(func.count()).select_from(Annotation)) == 4  # every answer kept
         from labeling.stats import review_stats
 
-        image_stats = review_stats(session)[0]
+        image_stats = review_stats(session, get_settings().review_project_prefix)[0]
     assert image_stats.kappa_kind == "cohen" and image_stats.multi_annotated_tasks == 2
     assert image_stats.states["conflicted"] == 1
 
@@ -319,15 +319,15 @@ def test_a_labeled_image_changes_the_export_decision_in_both_directions(sqlite_s
 
     rescued, dropped = seed_images(sqlite_store, label_studio.image_root / "streets", [0.32, 0.48])
     route(sqlite_store)
-    push_tasks(sqlite_store)
-    client = make_client()
+    push_tasks(sqlite_store, settings=get_settings())
+    client = make_client(get_settings())
     rows = review_rows(sqlite_store)
     with session_scope(sqlite_store) as session:
         scores = dict(session.execute(select(Score.image_id, Score.locatability)).tuples().all())
     assert [final_decision(scores[i], None, 0.4) for i in (rescued, dropped)] == [False, True]
     annotate(client, rows["image", rescued].ls_task_id, IMAGE_REVIEW, "locatable", country="SK")
     annotate(client, rows["image", dropped].ls_task_id, IMAGE_REVIEW, "unusable")
-    pull_annotations(sqlite_store)
+    pull_annotations(sqlite_store, settings=get_settings())
     with session_scope(sqlite_store) as session:
         labels = human_labels(session, "image")
     assert [final_decision(scores[i], labels[i][0], 0.4) for i in (rescued, dropped)] == [True, False]
@@ -337,12 +337,12 @@ def test_a_labeled_image_changes_the_export_decision_in_both_directions(sqlite_s
 def test_clue_labels_reject_or_accept_the_clue_with_the_annotators_country(sqlite_store, label_studio):
     noise, place = seed_clues(sqlite_store, ["gg wp", "Those bollards look like Kraków"])
     route(sqlite_store)
-    push_tasks(sqlite_store, kind="clue")
-    client = make_client()
+    push_tasks(sqlite_store, kind="clue", settings=get_settings())
+    client = make_client(get_settings())
     rows = review_rows(sqlite_store)
     annotate(client, rows["clue", noise].ls_task_id, CLUE_REVIEW, "no_geo_clue")
     annotate(client, rows["clue", place].ls_task_id, CLUE_REVIEW, "geo_clue", country="Slovakia")
-    pull_annotations(sqlite_store)
+    pull_annotations(sqlite_store, settings=get_settings())
     with session_scope(sqlite_store) as session:
         clues = {c.id: c for c in session.scalars(select(Clue))}
     assert clues[noise].status == "rejected"
@@ -352,10 +352,10 @@ def test_clue_labels_reject_or_accept_the_clue_with_the_annotators_country(sqlit
 def test_an_unknown_country_is_quarantined_and_the_label_still_counts(sqlite_store, label_studio):
     [image_id] = seed_images(sqlite_store, label_studio.image_root / "streets", [0.41])
     route(sqlite_store)
-    push_tasks(sqlite_store)
-    annotate(make_client(), review_rows(sqlite_store)["image", image_id].ls_task_id, IMAGE_REVIEW, "locatable",
-             country="Narnia")
-    summary = pull_annotations(sqlite_store)
+    push_tasks(sqlite_store, settings=get_settings())
+    annotate(make_client(get_settings()), review_rows(sqlite_store)["image", image_id].ls_task_id, IMAGE_REVIEW,
+             "locatable", country="Narnia")
+    summary = pull_annotations(sqlite_store, settings=get_settings())
     assert summary.quarantined == 1
     with session_scope(sqlite_store) as session:
         assert human_labels(session, "image") == {image_id: ("locatable", None)}
@@ -374,7 +374,7 @@ def webhook_receiver(monkeypatch) -> Iterator[str]:
     monkeypatch.setenv("GEOCURATE_WEBHOOK_SECRET", "hook-secret")
     monkeypatch.setenv("GEOCURATE_WEBHOOK_URL", f"http://127.0.0.1:{port}/webhook")
     reload_settings()
-    with serving(create_app(), port) as url:
+    with serving(create_app(get_settings()), port) as url:
         yield url
 
 
@@ -390,8 +390,8 @@ def wait_for(condition, timeout: float = 30.0) -> bool:
 def test_the_webhook_pulls_an_annotated_task_without_a_manual_pull(sqlite_store, label_studio, webhook_receiver):
     [image_id] = seed_images(sqlite_store, label_studio.image_root / "streets", [0.43])
     route(sqlite_store)
-    push_tasks(sqlite_store)  # registers the webhook with the secret header
-    client = make_client()
+    push_tasks(sqlite_store, settings=get_settings())  # registers the webhook with the secret header
+    client = make_client(get_settings())
     ls_task = review_rows(sqlite_store)["image", image_id].ls_task_id
 
     def stored_labels():
@@ -424,27 +424,27 @@ def test_5xx_during_push_is_retried_and_a_lasting_outage_leaves_a_consistent_sto
     seed_images(sqlite_store, label_studio.image_root / "streets", [0.31, 0.33, 0.35, 0.37, 0.39])
     route(sqlite_store)
     proxy.fail("POST", r"/api/projects/\d+/import", times=1)  # one transient 503: retried, no duplicate
-    first = push_tasks(sqlite_store, chunk_size=2, limit=2)
+    first = push_tasks(sqlite_store, chunk_size=2, limit=2, settings=get_settings())
     assert first.created == 2 and proxy.failed == 1
     assert any("retry 1/2" in r.getMessage() for r in caplog.records)
 
     proxy.heal()
     proxy.fail("POST", r"/api/projects/\d+/import", times=1, applied=True)  # imported, but the answer is lost
-    lost = push_tasks(sqlite_store, chunk_size=2, limit=1)
+    lost = push_tasks(sqlite_store, chunk_size=2, limit=1, settings=get_settings())
     assert (lost.created, lost.reconciled) == (0, 1)  # adopted on retry, not imported twice
-    assert len(project_tasks(make_client(), IMAGE_REVIEW)) == 3
+    assert len(project_tasks(make_client(get_settings()), IMAGE_REVIEW)) == 3
 
     proxy.heal()
     proxy.fail("POST", r"/api/projects/\d+/import", after=1)  # the next chunk goes through, then it is down
     with pytest.raises(LabelStudioUnavailable, match="rerun"):
-        push_tasks(sqlite_store, chunk_size=1)
+        push_tasks(sqlite_store, chunk_size=1, settings=get_settings())
     assert sum(1 for r in review_rows(sqlite_store).values() if r.ls_task_id) == 5 - 1  # exactly what exists there
-    assert len(project_tasks(make_client(), IMAGE_REVIEW)) == 4
+    assert len(project_tasks(make_client(get_settings()), IMAGE_REVIEW)) == 4
 
     proxy.heal()
-    rerun = push_tasks(sqlite_store, chunk_size=2)
+    rerun = push_tasks(sqlite_store, chunk_size=2, settings=get_settings())
     assert rerun.created == 1
-    tasks = project_tasks(make_client(), IMAGE_REVIEW)
+    tasks = project_tasks(make_client(get_settings()), IMAGE_REVIEW)
     assert len(tasks) == 5 and len({t.data["geocurate_id"] for t in tasks}) == 5
     assert all(r.ls_task_id for r in review_rows(sqlite_store).values())
 
@@ -455,20 +455,20 @@ def test_a_pull_cut_off_half_way_keeps_whole_tasks_and_the_rerun_completes(sqlit
 
     ids = seed_images(sqlite_store, label_studio.image_root / "streets", [0.31, 0.33, 0.35, 0.37])
     route(sqlite_store)
-    push_tasks(sqlite_store)
-    client = make_client()
+    push_tasks(sqlite_store, settings=get_settings())
+    client = make_client(get_settings())
     rows = review_rows(sqlite_store)
     for image_id in ids:
         annotate(client, rows["image", image_id].ls_task_id, IMAGE_REVIEW, "locatable")
     monkeypatch.setattr(labeling.projects, "PAGE_SIZE", 2)
     proxy.fail("GET", r"/api/tasks/?\?.*page=2")
     with pytest.raises(LabelStudioUnavailable):
-        pull_annotations(sqlite_store)
+        pull_annotations(sqlite_store, settings=get_settings())
     with session_scope(sqlite_store) as session:
         assert session.scalar(select(func.count()).select_from(Annotation)) == 2
         assert len(human_labels(session, "image")) == 2
     proxy.heal()
-    summary = pull_annotations(sqlite_store)
+    summary = pull_annotations(sqlite_store, settings=get_settings())
     assert (summary.tasks, summary.done) == (4, 4)
     with session_scope(sqlite_store) as session:
         assert session.scalar(select(func.count()).select_from(Annotation)) == 4

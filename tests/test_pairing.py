@@ -29,7 +29,7 @@ def clip():
     return build_clip("unused", None, demo=True, dtype="float32")
 
 
-def seed(tmp_path):
+def seed(url, tmp_path):
     rng = np.random.default_rng(0)
     images = []
     for n, (country, status) in enumerate([("PL", "scored"), ("PL", "scored"), ("PL", "ingested"),
@@ -44,7 +44,7 @@ def seed(tmp_path):
              ("In Georgia the alphabet is curly.", None, "review"),
              ("Polish review clue.", "PL", "review"),
              ("Kenyan snorkel.", "KE", "accepted")]  # no Kenyan images: no pair
-    with session_scope() as s:
+    with session_scope(url) as s:
         add_images(s, images)
         add_clues(s, [dict(sha256=clue_sha256(t), text=t, country=c, status=st, geo_ok=c is not None)
                       for t, c, st in clues])
@@ -52,18 +52,18 @@ def seed(tmp_path):
 
 
 def test_pairs_are_same_country_top_k_and_computed_once(store_url, tmp_path, clip, monkeypatch):
-    ids = seed(tmp_path)
+    ids = seed(store_url, tmp_path)
     quarantined = ids[f"{3:064x}"]
     text_calls = []
     real_encode_texts = clip.encode_texts
     monkeypatch.setattr(clip, "encode_texts", lambda texts, **kw: text_calls.append(list(texts)) or
                         real_encode_texts(texts, **kw))
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         added = pair_clues(s, clip, top_k=2, min_similarity=-1.0)
     assert added == 6  # 2 Polish clues × 2 + 1 German clue × 2
     assert len(text_calls) == 1 and len(text_calls[0]) == 4  # every clue text embedded in one pass
 
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         rows = s.execute(
             select(Clue.id, Clue.text, Clue.country, CluePair.image_id, CluePair.similarity, CluePair.method)
             .join(CluePair, CluePair.clue_id == Clue.id)
@@ -85,19 +85,25 @@ def test_pairs_are_same_country_top_k_and_computed_once(store_url, tmp_path, cli
         assert s.scalar(select(func.count()).select_from(ImageEmbedding)) == 5
 
     monkeypatch.setattr(clip, "encode_images", lambda *a, **k: pytest.fail("image embeddings recomputed"))
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert pair_clues(s, clip, top_k=2, min_similarity=-1.0) == 0  # idempotent
         assert s.scalar(select(func.count()).select_from(CluePair)) == 6
 
 
 def test_minimum_similarity_and_settings_defaults(store_url, tmp_path, clip, monkeypatch):
+    """pair_clues takes k and the minimum from its caller; `geocurate clues pair` gives the settings' values."""
+    from typer.testing import CliRunner
+
+    from geocurate.cli import app
     from geocurate.settings import reload_settings
 
-    seed(tmp_path)
-    with session_scope() as s:
+    seed(store_url, tmp_path)
+    with session_scope(store_url) as s:
         assert pair_clues(s, clip, top_k=3, min_similarity=1.01) == 0
     monkeypatch.setenv("GEOCURATE_PAIRING_TOP_K", "1")
     monkeypatch.setenv("GEOCURATE_PAIRING_MIN_SIMILARITY", "-1")
+    monkeypatch.setenv("GEOCURATE_DEMO_MODELS", "true")
     reload_settings()
-    with session_scope() as s:
-        assert pair_clues(s, clip) == 3  # one image for each of the three pairable clues
+    result = CliRunner().invoke(app, ["clues", "pair"])
+    assert result.exit_code == 0, result.output
+    assert "pairs added: 3" in result.output  # one image for each of the three pairable clues

@@ -38,7 +38,7 @@ def test_ingest_then_score_fills_the_store_once(store_url, demo_env, tmp_path):
 
     output = run("score")
     assert "scored 4, skipped 0, quarantined 1" in output
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         statuses = dict(session.execute(select(Image.uri, Image.status)).tuples().all())
         scores = session.scalars(select(Score)).all()
         version = scores[0].scorer_version
@@ -57,7 +57,7 @@ def test_ingest_then_score_fills_the_store_once(store_url, demo_env, tmp_path):
     assert "added 0, duplicates 4" in run("ingest", "images", str(tmp_path / "images"))
 
     scorer = Scorer.from_settings(demo_env)  # a batch delivered twice is skipped, not scored again
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         ids = list(session.scalars(select(Image.id).where(Image.status == "scored")))
         again = score_images(session, scorer, ids)
         assert (again.scored, again.skipped) == (0, 4)
@@ -71,7 +71,7 @@ def test_changed_setting_scores_again_under_a_new_version(store_url, demo_env, t
     monkeypatch.setenv("GEOCURATE_CLIP_PROMPT_TEMPLATE", "a photo of a {name}")
     reload_settings()
     assert "scored 2" in run("score")
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         assert session.scalar(select(func.count(func.distinct(Score.scorer_version)))) == 2
         assert session.scalar(select(func.count()).select_from(Score)) == 4
 
@@ -81,7 +81,7 @@ def test_changed_threshold_carries_earlier_scores_over_without_segmenting_again(
     write_images(tmp_path / "images", 3)
     run("ingest", "images", str(tmp_path / "images"))
     run("score")
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         [(old_version, old_params)] = session.execute(select(ScorerVersion.version, ScorerVersion.params)).all()
         old = {s.image_id: s for s in session.scalars(select(Score))}
 
@@ -97,7 +97,7 @@ def test_changed_threshold_carries_earlier_scores_over_without_segmenting_again(
     settings = reload_settings()
     assert "carried over 3 from stored class ratios, scored 0" in run("score")
     assert "carried over 0 from stored class ratios, scored 0" in run("score")  # nothing left to carry
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         [(new_version, new_params)] = session.execute(select(ScorerVersion.version, ScorerVersion.params)
                                                       .where(ScorerVersion.version != old_version)).all()
         new = {s.image_id: s for s in session.scalars(select(Score).where(Score.scorer_version == new_version))}
@@ -126,7 +126,7 @@ def test_rescore_from_stored_ratios_runs_no_model(store_url, demo_env, tmp_path,
     write_images(tmp_path / "images", 4)
     run("ingest", "images", str(tmp_path / "images"))
     run("score")
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         old = {s.image_id: s for s in session.scalars(select(Score))}
     source = next(iter(old.values())).scorer_version
 
@@ -143,10 +143,10 @@ def test_rescore_from_stored_ratios_runs_no_model(store_url, demo_env, tmp_path,
     monkeypatch.setattr(curation.segmenters.maskformer, "load_segmentation_model", no_model)
 
     weights = [0.9 if i % 2 else 0.2 for i in range(150)]
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         result = rescore_from_ratios(session, weights, source, threshold=0.45, review_band=(0.35, 0.55))
     assert result.rows == 4 and result.scorer_version != source
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         again = rescore_from_ratios(session, weights, source, threshold=0.45, review_band=(0.35, 0.55))
         new = {s.image_id: s for s in session.scalars(select(Score).where(Score.scorer_version == again.scorer_version))}
         params = session.get(ScorerVersion, again.scorer_version).params
@@ -159,9 +159,9 @@ def test_rescore_from_stored_ratios_runs_no_model(store_url, demo_env, tmp_path,
         band = "review" if 0.35 <= expected < 0.55 else ("keep" if expected >= 0.45 else "drop")
         assert score.decision == band
 
-    with session_scope() as session:  # ranges on parallel connections (PostgreSQL) give the same rows
+    with session_scope(store_url) as session:  # ranges on parallel connections (PostgreSQL) give the same rows
         split = rescore_from_ratios(session, [0.3] * 150, source, parallel=3)
-    with session_scope() as session:
+    with session_scope(store_url) as session:
         values = session.scalars(select(Score.locatability).where(Score.scorer_version == split.scorer_version)).all()
     assert split.rows == 4 and sorted(values) == pytest.approx(
         sorted(locatability(s.class_ratios, [0.3] * 150) for s in old.values()), abs=1e-12)

@@ -41,35 +41,35 @@ def test_migrations_match_models(store_url):
 
 
 def test_same_image_twice_is_one_row(store_url):
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert add_images(s, [image_row(1)]) == 1
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert add_images(s, [image_row(1), image_row(1), image_row(2)]) == 1
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert s.scalar(select(func.count()).select_from(m.Image)) == 2
 
 
 def test_same_image_same_scorer_version_is_one_score(store_url):
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         add_images(s, [image_row(1)])
         image_id = ids_by_sha(s, [image_row(1)["sha256"]])[image_row(1)["sha256"]]
     score = dict(image_id=image_id, scorer_version="v1", locatability=0.5, class_ratios={"6": 0.5}, decision="keep")
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert add_scores(s, [score]) == 1
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert add_scores(s, [{**score, "locatability": 0.9}]) == 0
         assert add_scores(s, [{**score, "scorer_version": "v2"}]) == 1
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         rows = s.execute(select(m.Score.scorer_version, m.Score.locatability).order_by(m.Score.scorer_version)).all()
     assert rows == [("v1", 0.5), ("v2", 0.5)]
 
 
 def test_quarantine_records_once(store_url):
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert quarantine(s, "image", "/x/broken.jpg", "not an image") is True
         assert quarantine(s, "image", "/x/broken.jpg", "not an image") is False
         assert quarantine(s, "image", "/x/broken.jpg", "too small") is True
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert s.scalar(select(func.count()).select_from(m.Quarantine)) == 2
 
 
@@ -85,7 +85,7 @@ def test_cli_upgrade_and_status(store_url, monkeypatch):
     env = {"GEOCURATE_DATABASE_URL": store_url}
     upgrade = run_cli(["db", "upgrade"], env)
     assert upgrade.returncode == 0, upgrade.stderr
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         add_images(s, [image_row(1), image_row(2)])
     status = run_cli(["status"], env)
     assert status.returncode == 0, status.stderr
@@ -110,8 +110,8 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 def test_bulk_insert_counts_only_new_rows(store_url):
     """1,200 rows go through the bulk path (COPY on PostgreSQL); duplicates inside and across calls are skipped."""
     batch = [image_row(n) for n in range(1000)] + [image_row(n) for n in range(200)]
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert add_images(s, batch) == 1000
-    with session_scope() as s:
+    with session_scope(store_url) as s:
         assert add_images(s, [image_row(n) for n in range(900, 1600)]) == 600
         assert s.scalar(select(func.count()).select_from(m.Image)) == 1600

@@ -35,10 +35,10 @@ ROWS = [
 ]
 
 
-def seed_labelled_store(version: str = "v1") -> None:
+def seed_labelled_store(url: str, version: str = "v1") -> None:
     images = [dict(sha256=hashlib.sha256(str(i).encode()).hexdigest(), uri=f"/img/{i}.jpg", lat=1.0 + i, lon=2.0,
                    country_code=c, city=city) for i, (c, city, _, _) in enumerate(ROWS)]
-    with session_scope() as s:
+    with session_scope(url) as s:
         add_images(s, images)
         ids = ids_by_sha(s, [r["sha256"] for r in images])
         image_ids = [ids[r["sha256"]] for r in images]
@@ -59,8 +59,8 @@ def expected_prf(threshold: float) -> tuple[float, float, float]:
 
 
 def test_stats_per_threshold(store_url):
-    seed_labelled_store()
-    with session_scope() as s:
+    seed_labelled_store(store_url)
+    with session_scope(store_url) as s:
         stats = collect(s, "v1")
     assert stats.total == len(ROWS) and stats.labelled == 8 and stats.positives == 4
     assert int(stats.histogram.sum()) == len(ROWS) and set(stats.histogram_by_country) == {"PL", "DE", "FR", "JP"}
@@ -112,7 +112,7 @@ def test_fit_class_weights_needs_both_kinds_of_labels(tmp_path):
 
 
 def test_report_files(sqlite_store, tmp_path):
-    seed_labelled_store()
+    seed_labelled_store(sqlite_store)
     report = build_report(sqlite_store, tmp_path / "report")
     assert report.html.exists() and len(report.plots) == 5
     for path in report.plots.values():
@@ -128,7 +128,7 @@ def test_report_html_plots_load_in_headless_chromium(sqlite_store, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         unavailable("chromium", "install the Debian package `chromium` (make chromium)")
-    seed_labelled_store()
+    seed_labelled_store(sqlite_store)
     report = build_report(sqlite_store, tmp_path / "report")
     done = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -147,7 +147,7 @@ def test_report_html_plots_load_in_headless_chromium(sqlite_store, tmp_path):
 def test_thresholds_and_export_cli(store_url, tmp_path):
     from geocurate.cli import app
 
-    seed_labelled_store()
+    seed_labelled_store(store_url)
     runner = CliRunner()
     result = runner.invoke(app, ["thresholds", "report", "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output

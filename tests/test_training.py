@@ -51,8 +51,8 @@ def demo_settings(tiny_model_dir, sqlite_store, monkeypatch, tmp_path):
     return settings
 
 
-def runs(stage: str) -> list[TrainingRun]:
-    with session_scope() as s:
+def runs(settings, stage: str) -> list[TrainingRun]:
+    with session_scope(settings.database_url) as s:
         return list(s.scalars(select(TrainingRun).where(TrainingRun.stage == stage).order_by(TrainingRun.id)))
 
 
@@ -74,7 +74,7 @@ def test_train_and_eval_commands_run_both_stages_and_score_the_test_split(demo_s
     assert trained.exit_code == 0, trained.output
     assert "reasoning: run" in trained.output and "location: run" in trained.output
 
-    (reasoning_run,), (location_run,) = runs("reasoning"), runs("location")
+    (reasoning_run,), (location_run,) = runs(demo_settings, "reasoning"), runs(demo_settings, "location")
     assert reasoning_run.status == location_run.status == "done"
     assert location_run.metrics["reasoning_merged"] is True
     assert location_run.metrics["examples"] == 8 and location_run.metrics["rejected"] == 2
@@ -82,7 +82,7 @@ def test_train_and_eval_commands_run_both_stages_and_score_the_test_split(demo_s
     # Over-fitting 8 examples: the loss on the answer tokens falls well below where it started.
     assert location_run.metrics["last_loss"] < 0.5 * location_run.metrics["first_loss"]
     assert reasoning_run.metrics["last_loss"] < reasoning_run.metrics["first_loss"]
-    with session_scope() as s:
+    with session_scope(demo_settings.database_url) as s:
         reasons = {r for (r,) in s.execute(select(Quarantine.reason).where(Quarantine.item_kind == "training_example"))}
     assert reasons == {"bad_training_example", "unreadable_image"}
 
@@ -104,16 +104,16 @@ def test_train_and_eval_commands_run_both_stages_and_score_the_test_split(demo_s
     evaluated = runner.invoke(app, ["eval", str(export)])
     assert evaluated.exit_code == 0, evaluated.output
     assert "country accuracy" in evaluated.output and "within 2500 km" in evaluated.output
-    (eval_run,) = runs("eval")
+    (eval_run,) = runs(demo_settings, "eval")
     metrics = eval_run.metrics
     assert metrics["n"] == 4 and metrics["model"] == "base+reasoning+location"
     assert metrics["country_accuracy"] >= 0.75 and metrics["parse_failure_rate"] <= 0.25
-    assert runs("location")[0].metrics["test"]["n"] == 4  # attached to the run that made the adapters
+    assert runs(demo_settings, "location")[0].metrics["test"]["n"] == 4  # attached to the run that made the adapters
 
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"not an image")
     images = [export / "images" / "test-0-PL.png", Image.open(export / "images" / "test-1-DE.png"), corrupt]
-    predictions = predict(images)
+    predictions = predict(images, None, demo_settings)
     assert [p.country_code for p in predictions[:2]] == [PLACES[0][0], PLACES[1][0]]
     assert predictions[0].city == "Krakow"
     assert not predictions[2].parsed and "unreadable image" in predictions[2].error
@@ -134,21 +134,21 @@ def test_a_crashed_stage_resumes_from_its_last_checkpoint(demo_settings, tmp_pat
                 raise KeyboardInterrupt("simulated crash")
 
     with pytest.raises(KeyboardInterrupt):  # no clue pairs: stage 1 is skipped, stage 2 crashes at step 3
-        train_both(export, config=config, callbacks=[Crash()])
-    assert runs("reasoning") == []
-    (crashed,) = runs("location")
+        train_both(export, demo_settings, config=config, callbacks=[Crash()])
+    assert runs(demo_settings, "reasoning") == []
+    (crashed,) = runs(demo_settings, "location")
     assert crashed.status == "failed" and "simulated crash" in crashed.error
     assert crashed.checkpoint_path.endswith("checkpoint-2") and Path(crashed.checkpoint_path).is_dir()
 
-    resumed = train_stage(export, "location", config=config)
+    resumed = train_stage(export, "location", demo_settings, config=config)
     assert resumed.resumed_from.endswith("checkpoint-2")
     assert resumed.run_id == crashed.id and resumed.metrics["steps"] == 4
     assert resumed.metrics["reasoning_merged"] is False
-    (row,) = runs("location")
+    (row,) = runs(demo_settings, "location")
     assert row.status == "done" and row.error is None
 
     # The resumed run ends where an uninterrupted one does: same data order, RNG and optimiser state.
-    straight = train_stage(export, "location", config=config, adapters_dir=tmp_path / "straight")
+    straight = train_stage(export, "location", demo_settings, config=config, adapters_dir=tmp_path / "straight")
     assert straight.resumed_from is None and straight.run_id != crashed.id
     resumed_weights = load_file(Path(resumed.adapter_path) / "adapter_model.safetensors")
     straight_weights = load_file(Path(straight.adapter_path) / "adapter_model.safetensors")
@@ -162,18 +162,18 @@ def test_the_base_model_alone_is_evaluated_and_garbage_answers_never_break_the_b
     from training.inference import predict
 
     export = build_export(tmp_path / "export", train=0, val=0, test=3, reasoning=0)
-    metrics = evaluate_export(export, base_only=True)
+    metrics = evaluate_export(export, base_only=True, settings=demo_settings)
     assert metrics["n"] == 3 and metrics["model"] == "base"
     assert metrics["parse_failure_rate"] == 1.0  # random weights write noise, recorded as unparsed
     assert metrics["mean_geoguessr"] < 1 and metrics["median_km"] > 20000
     assert all(f["error"] for f in metrics["failures"])
-    (row,) = runs("eval")
+    (row,) = runs(demo_settings, "eval")
     assert row.status == "done" and row.metrics["n"] == 3
 
     from geocurate.errors import UserError
 
     with pytest.raises(UserError, match="no trained adapters"):
-        predict([export / "images" / "test-0-PL.png"])
+        predict([export / "images" / "test-0-PL.png"], None, demo_settings)
 
 
 def test_labels_cover_the_answer_tokens_only(tiny_model_dir, tmp_path):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from geocurate.settings import reload_settings
+from geocurate.settings import get_settings, reload_settings
 from tests.asgi_server import serving
 
 SECRET = "hook-s3cret"
@@ -30,7 +30,7 @@ def receiver(sqlite_store, monkeypatch) -> Iterator[tuple[str, list[int]]]:
     monkeypatch.setenv("GEOCURATE_WEBHOOK_MAX_BODY_BYTES", str(LIMIT))
     reload_settings()
     pulled: list[int] = []
-    with serving(create_app(pulled.append)) as url:
+    with serving(create_app(get_settings(), pulled.append)) as url:
         yield url, pulled
 
 

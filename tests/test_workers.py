@@ -119,7 +119,7 @@ def test_a_second_delivery_of_a_done_batch_changes_nothing(store_url: str, fake_
         after = session.execute(select(Batch.id, Batch.status, Batch.attempts, Batch.updated_at, Batch.result)
                                 .order_by(Batch.id)).all()
     assert after == before and processed(store_url, "ingest") == 10
-    assert pipeline.run_progress(run_id)["status"] == "done"
+    assert pipeline.run_progress(run_id, get_settings())["status"] == "done"
 
 
 def test_transient_errors_are_retried_until_the_batch_succeeds(store_url: str, fake_steps, monkeypatch) -> None:
@@ -136,7 +136,7 @@ def test_transient_errors_are_retried_until_the_batch_succeeds(store_url: str, f
 
     fake_steps["ingest"] = Step("workers.tasks.ingest_batch", plan_items(2, 2), flaky, critical=False)
     run_id = pipeline.start_run(["ingest"], {}, "pipeline", settings)
-    assert pipeline.run_progress(run_id)["status"] == "done"
+    assert pipeline.run_progress(run_id, get_settings())["status"] == "done"
     with session_scope(store_url) as session:
         batch = session.scalars(select(Batch)).one()
         assert (batch.status, batch.attempts) == ("done", 3)
@@ -166,7 +166,7 @@ def test_a_task_that_fails_its_last_retry_is_recorded(store_url: str, fake_steps
         shown = store_status(session)
         assert shown.counts["batches"]["failed"] == 1
         assert any("could not connect" in error for _, _, error in shown.recent_failures)
-    state = pipeline.run_progress(run_id)
+    state = pipeline.run_progress(run_id, get_settings())
     assert processed(store_url, "score") == 7, "a failed ingest batch does not stop the run"
     assert state["status"] == "partial" and "step ingest: 1 batch(es) failed" in state["error"], "nor is it done"
 
@@ -180,7 +180,7 @@ def test_bad_input_is_not_retried_and_a_critical_step_fails_the_run(store_url: s
 
     fake_steps["export"] = Step("workers.tasks.build_export", plan_items(1, 1), bad_input, critical=True)
     run_id = pipeline.start_run(["export", "score"], {}, "pipeline", get_settings())
-    state = pipeline.run_progress(run_id)
+    state = pipeline.run_progress(run_id, get_settings())
     assert calls == [1]
     assert state["status"] == "failed" and "1 batch(es) failed" in state["error"]
     assert processed(store_url, "score") == 0
@@ -194,7 +194,7 @@ def test_reconcile_requeues_expired_claims_and_finishes_the_run(store_url: str, 
         for batch_id in batch_ids[:2]:
             batches.claim(session, batch_id, "gone-host:4242", lease_seconds=60)
     pipeline.send(step, batch_ids, settings)  # every message arrives; the held batches are skipped
-    assert pipeline.run_progress(run_id)["status"] == "running"
+    assert pipeline.run_progress(run_id, get_settings())["status"] == "running"
     assert processed(store_url, "ingest") == 4, "the held batches were skipped, not done twice"
     assert pipeline.reconcile(settings)["requeued"] == 0, "their lease still runs"
     with session_scope(store_url) as session:  # a minute later
@@ -202,7 +202,7 @@ def test_reconcile_requeues_expired_claims_and_finishes_the_run(store_url: str, 
                         .values(lease_until=utcnow() - timedelta(seconds=1)))
     outcome = pipeline.reconcile(settings)
     assert outcome["requeued"] == 2
-    state = pipeline.run_progress(run_id)
+    state = pipeline.run_progress(run_id, get_settings())
     assert state["status"] == "done", state
     assert processed(store_url, "ingest") == 10 and processed(store_url, "score") == 7
     assert pipeline.reconcile(settings) == {"requeued": 0, "resent": 0, "advanced": 0}
@@ -217,7 +217,7 @@ def test_a_batch_held_by_a_dead_local_process_is_taken_over_at_once(store_url: s
     with session_scope(store_url) as session:
         batches.claim(session, batch_ids[0], f"{socket.gethostname()}:{dead.stdout.strip()}", lease_seconds=3600)
     pipeline.send(step, batch_ids, settings)
-    assert pipeline.run_progress(run_id)["status"] == "done"
+    assert pipeline.run_progress(run_id, get_settings())["status"] == "done"
 
 
 def test_reconcile_resends_queued_batches_whose_message_was_lost(store_url: str, fake_steps, monkeypatch) -> None:
@@ -229,7 +229,7 @@ def test_reconcile_resends_queued_batches_whose_message_was_lost(store_url: str,
     with session_scope(store_url) as session:
         session.execute(Batch.__table__.update().values(updated_at=utcnow() - timedelta(seconds=5)))
     assert pipeline.reconcile(settings)["resent"] == 4
-    assert pipeline.run_progress(run_id)["status"] == "done"
+    assert pipeline.run_progress(run_id, get_settings())["status"] == "done"
 
 
 def test_celery_is_configured_for_long_crash_safe_tasks(monkeypatch) -> None:
@@ -350,7 +350,7 @@ def test_geocurate_reconcile_requeues_a_dead_workers_batch_by_hand(store_url: st
     result = CliRunner().invoke(app, ["reconcile"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert result.output == "reconcile: 1 expired claims re-queued, 0 lost messages re-sent, 0 runs moved on\n"
-    assert pipeline.run_progress(run_id)["status"] == "done" and processed(store_url, "ingest") == 10
+    assert pipeline.run_progress(run_id, get_settings())["status"] == "done" and processed(store_url, "ingest") == 10
 
 
 UNREACHABLE = {"GEOCURATE_BROKER_URL": "redis://127.0.0.1:1/0", "GEOCURATE_DATABASE_URL": "sqlite:///unused.db"}
@@ -393,7 +393,7 @@ def test_geocurate_run_embedded_on_sqlite_goes_from_folder_to_export(tmp_path, m
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "run 1: done" in result.output
-    state = pipeline.run_progress(1)
+    state = pipeline.run_progress(1, get_settings())
     readable = len(sample.readable_images) - len(sample.invalid_coordinate_rows)
     assert state["summary"]["ingest"]["totals"]["added"] == readable
     assert state["summary"]["score"]["totals"]["scored"] == readable
@@ -402,7 +402,7 @@ def test_geocurate_run_embedded_on_sqlite_goes_from_folder_to_export(tmp_path, m
 
     again = CliRunner().invoke(app, args[:-2] + ["--export", "second"])  # the same folder again: nothing new
     assert again.exit_code == 0, again.output
-    second = pipeline.run_progress(2)["summary"]
+    second = pipeline.run_progress(2, get_settings())["summary"]
     assert second["ingest"]["totals"]["added"] == 0 and second["ingest"]["totals"]["duplicates"] == readable
     assert "score" not in second or second["score"]["totals"].get("scored", 0) == 0
 
@@ -414,11 +414,11 @@ def test_geocurate_run_embedded_on_sqlite_goes_from_folder_to_export(tmp_path, m
     third = CliRunner().invoke(app, ["run", str(more.images_dir), "--metadata", str(more.metadata_csv),
                                      "--export", "third"])
     assert third.exit_code == 0, third.output + repr(third.exception)
-    summary = pipeline.run_progress(3)["summary"]
+    summary = pipeline.run_progress(3, get_settings())["summary"]
     added = len(more.readable_images) - len(more.invalid_coordinate_rows)
     assert summary["score"]["totals"]["scored"] == added
     assert summary["route"]["totals"]["carried_over"] == readable
-    with session_scope() as session:
+    with session_scope(get_settings().database_url) as session:
         version = steps.scorer_version_of(session, 3)
         assert session.get(ScorerVersion, version).params["threshold"] == 0.2
         assert session.scalar(select(func.count()).select_from(Score).where(Score.scorer_version == version)) == (

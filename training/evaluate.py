@@ -21,20 +21,19 @@ def truth_rows(examples, predictions) -> list[dict[str, Any]]:
     ]
 
 
-def evaluate_export(export_dir, adapters_dir=None, base_only: bool = False, settings=None, split: str = "test",
+def evaluate_export(export_dir, adapters_dir=None, base_only: bool = False, *, settings, split: str = "test",
                     record: bool = True) -> dict[str, Any]:
-    """Predict every image of the split and score the answers; returns the metrics (see training.geo)."""
-    from geocurate.settings import get_settings
+    """Predict every image of the split and score the answers; returns the metrics (see training.geo). The model,
+    device and the store the evaluation is recorded in are those of `settings`."""
     from training.data import load_examples
     from training.inference import load_geo_model
     from training.stages import quarantine_rejects
 
-    settings = settings or get_settings()
     export_dir = Path(export_dir).resolve()
     if not export_dir.is_dir():
         raise UserError(f"export folder {export_dir} does not exist")
     examples, rejected = load_examples(export_dir, "location", split)
-    quarantine_rejects(rejected)
+    quarantine_rejects(rejected, settings.database_url)
     if not examples:
         raise UserError(f"no usable examples in the {split} split of {export_dir}")
     adapters_dir = Path(adapters_dir or settings.adapters_dir).resolve()
@@ -47,17 +46,18 @@ def evaluate_export(export_dir, adapters_dir=None, base_only: bool = False, sett
         failures=[dict(id=e.id, raw=p.raw[:200], error=p.error) for e, p in zip(examples, predictions) if not p.parsed][:20],
     )
     if record:
-        metrics["run_id"] = record_evaluation(export_dir, adapters_dir, base_only, metrics)
+        metrics["run_id"] = record_evaluation(settings.database_url, export_dir, adapters_dir, base_only, metrics)
     return metrics
 
 
-def record_evaluation(export_dir: Path, adapters_dir: Path, base_only: bool, metrics: dict[str, Any]) -> int:
+def record_evaluation(session_url: str, export_dir: Path, adapters_dir: Path, base_only: bool,
+                      metrics: dict[str, Any]) -> int:
     from db import training as runs
     from db.engine import session_scope
     from training.stages import adapter_dir
 
     location = str(adapter_dir(adapters_dir, "location"))
-    with session_scope() as session:
+    with session_scope(session_url) as session:
         run_id = runs.start_run(
             session, stage="eval", export_path=str(export_dir), export_id=runs.export_id_for_path(session, export_dir),
             config={"base_only": base_only, "adapters_dir": str(adapters_dir)},

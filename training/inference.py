@@ -106,12 +106,10 @@ def build_geo_model(base_path: str, chain: list[Path], config: TrainingConfig, d
 _LOADED: dict[tuple, GeoModel] = {}
 
 
-def load_geo_model(adapters_dir: Path | None = None, settings=None, base_only: bool = False) -> GeoModel:
-    """The base model with every trained adapter of `adapters_dir` (default settings.adapters_dir) merged in."""
-    from geocurate.settings import get_settings
+def load_geo_model(adapters_dir: Path | None, settings, base_only: bool = False) -> GeoModel:
+    """The base model with every trained adapter of `adapters_dir` (None: settings.adapters_dir) merged in."""
     from training.model_family import base_model_path
 
-    settings = settings or get_settings()
     adapters_dir = Path(adapters_dir or settings.adapters_dir).resolve()
     chain = [] if base_only else adapter_chain(adapters_dir)
     if not base_only and not chain:
@@ -128,7 +126,7 @@ def load_geo_model(adapters_dir: Path | None = None, settings=None, base_only: b
     return _LOADED[key]
 
 
-def predict(images: Sequence[Image.Image | str | Path], adapters_dir: Path | None = None, settings=None,
+def predict(images: Sequence[Image.Image | str | Path], adapters_dir: Path | None, settings,
             base_only: bool = False) -> list[Prediction]:
     """Country, city and reasons for each image (PIL images or paths); see Prediction for unparsed answers."""
     return load_geo_model(adapters_dir, settings, base_only).predict(images)

@@ -11,8 +11,10 @@ Layout under the adapters folder (settings.adapters_dir unless given):
     <adapters>/location/             the same
     <adapters>/checkpoints/<stage>/  Trainer checkpoints while a stage runs (removed when it finishes)
 
-Each stage is a training_runs row. A stage that crashed is resumed from its last checkpoint by the next call with
-the same export, adapters folder and configuration; a changed configuration starts over.
+Each stage is a training_runs row in the store of the settings the stage is given (never the process's global
+settings: a caller that trains for another store gets its rows there). A stage that crashed is resumed from its last
+checkpoint by the next call with the same export, adapters folder and configuration; a changed configuration starts
+over.
 """
 
 from __future__ import annotations
@@ -128,13 +130,13 @@ def prepare_checkpoints(directory: Path, identity: dict[str, Any]) -> Path | Non
     return None
 
 
-def quarantine_rejects(rejected) -> None:
+def quarantine_rejects(rejected, session_url: str) -> None:
     if not rejected:
         return
     from db.engine import session_scope
     from db.quarantine import quarantine
 
-    with session_scope() as session:
+    with session_scope(session_url) as session:
         for reject in rejected:
             quarantine(session, "training_example", reject.reference, reject.reason, reject.detail)
     log.warning("%d export lines left out of training (quarantined): first %s", len(rejected), rejected[0].reference)
@@ -179,7 +181,7 @@ def training_arguments(config: TrainingConfig, output_dir: Path, precision: str,
     )
 
 
-def checkpoint_recorder(run_id: int):
+def checkpoint_recorder(run_id: int, session_url: str):
     """A Trainer callback writing each new checkpoint's path to the run's row (where a resume will start)."""
     from transformers import TrainerCallback
 
@@ -189,7 +191,7 @@ def checkpoint_recorder(run_id: int):
             from db.training import set_checkpoint
 
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            with session_scope() as session:
+            with session_scope(session_url) as session:
                 set_checkpoint(session, run_id, str(path))
 
     return RecordCheckpoint()
@@ -206,21 +208,21 @@ def loss_summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def train_stage(export_dir, stage: str, settings=None, config: TrainingConfig | None = None,
+def train_stage(export_dir, stage: str, settings, config: TrainingConfig | None = None,
                 export_id: int | None = None, adapters_dir: Path | None = None,
                 callbacks: list | None = None) -> StageResult:
-    """Train one stage on an export folder; returns its run id, adapter folder and metrics.
+    """Train one stage on an export folder; returns its run id, adapter folder and metrics. The base model, device
+    and the store the run is recorded in are those of `settings`.
 
     `callbacks` are extra transformers TrainerCallbacks (progress reporting, tests that simulate a crash)."""
     from db import training as runs
     from db.engine import session_scope
-    from geocurate.settings import get_settings
     from training.data import load_examples
     from training.model_family import base_model_path
 
     if stage not in STAGES:
         raise UserError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
-    settings = settings or get_settings()
+    url = settings.database_url
     config = config or config_from_settings(settings)
     export_dir = Path(export_dir).resolve()
     if not export_dir.is_dir():
@@ -229,7 +231,7 @@ def train_stage(export_dir, stage: str, settings=None, config: TrainingConfig | 
     output = adapter_dir(adapters_dir, stage)
 
     examples, rejected = load_examples(export_dir, stage, "train")
-    quarantine_rejects(rejected)
+    quarantine_rejects(rejected, url)
     if not examples and stage == "reasoning":
         # An export without clue pairs is still trainable: stage 2 then starts from the plain base model.
         log.warning("export %s has no usable reasoning examples: stage 1 skipped", export_dir)
@@ -239,7 +241,7 @@ def train_stage(export_dir, stage: str, settings=None, config: TrainingConfig | 
     val_examples: list = []
     if stage == "location":
         val_examples, val_rejected = load_examples(export_dir, stage, "val")
-        quarantine_rejects(val_rejected)
+        quarantine_rejects(val_rejected, url)
 
     merged = adapter_dir(adapters_dir, "reasoning") if stage == "location" else None
     if merged is not None and not has_adapter(merged):
@@ -250,7 +252,7 @@ def train_stage(export_dir, stage: str, settings=None, config: TrainingConfig | 
     checkpoints = checkpoint_dir(adapters_dir, stage)
     resume_from = prepare_checkpoints(checkpoints, identity)
 
-    with session_scope() as session:
+    with session_scope(url) as session:
         if export_id is None:
             export_id = runs.export_id_for_path(session, export_dir)
         previous = runs.resumable_run(session, stage=stage, export_path=str(export_dir), adapter_path=str(output))
@@ -270,11 +272,11 @@ def train_stage(export_dir, stage: str, settings=None, config: TrainingConfig | 
             resume_from=resume_from, output=output, run_id=run_id, callbacks=callbacks or [],
         )
     except BaseException as exc:
-        with session_scope() as session:
+        with session_scope(url) as session:
             runs.fail_run(session, run_id, "".join(traceback.format_exception_only(type(exc), exc)).strip())
         raise
     result.metrics.update(examples=len(examples), rejected=len(rejected), reasoning_merged=merged is not None)
-    with session_scope() as session:
+    with session_scope(url) as session:
         runs.finish_run(session, run_id, result.metrics, adapter_path=str(output))
     shutil.rmtree(checkpoints, ignore_errors=True)
     result.run_id = run_id
@@ -305,7 +307,7 @@ def _run_trainer(*, stage, settings, config, export_dir, examples, val_examples,
         train_dataset=ExampleDataset(examples, export_dir),
         eval_dataset=ExampleDataset(val_examples, export_dir) if val_examples else None,
         data_collator=AnswerOnlyCollator(processor, family, config.max_length),
-        callbacks=[checkpoint_recorder(run_id), *callbacks],
+        callbacks=[checkpoint_recorder(run_id, settings.database_url), *callbacks],
     )
     if resume_from is not None:
         log.info("stage %s resumes from %s", stage, resume_from)
@@ -336,7 +338,7 @@ def _run_trainer(*, stage, settings, config, export_dir, examples, val_examples,
                        resumed_from=str(resume_from) if resume_from else None, metrics=metrics)
 
 
-def train_both(export_dir, settings=None, config: TrainingConfig | None = None, export_id: int | None = None,
+def train_both(export_dir, settings, config: TrainingConfig | None = None, export_id: int | None = None,
                adapters_dir: Path | None = None, callbacks: list | None = None) -> list[StageResult]:
     """Stage 1 then stage 2 (stage 1 is skipped, with a warning, when the export has no clue pairs)."""
     return [train_stage(export_dir, stage, settings, config, export_id, adapters_dir, callbacks) for stage in STAGES]

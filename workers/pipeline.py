@@ -19,7 +19,7 @@ from db.engine import session_scope
 from db.exports import export_by_id_or_name
 from db.heartbeat import is_dead_local, worker_id
 from geocurate.errors import UserError
-from geocurate.settings import Settings, get_settings
+from geocurate.settings import Settings
 from workers.steps import pipeline_steps, step_of
 
 log = logging.getLogger(__name__)
@@ -34,25 +34,24 @@ def run_pipeline(
     export: str | None = None,
     train: bool = False,
     source: str | None = None,
-    settings: Settings | None = None,
+    *,
+    settings: Settings,
     encoding: str | None = None,
 ) -> int:
     """Submit ingest → score → route (→ export → training) for the images under `directory`; returns the run id.
     Embedded (no broker): the whole run happens before this returns. With a broker: it returns once the ingest
     batches are queued; follow it with `run_progress`."""
-    settings = settings or get_settings()
     params = pipeline_params(directory, metadata, clues, export, train, source, settings, encoding)
     return start_run(pipeline_steps(export, train), params, kind="pipeline", settings=settings)
 
 
 def prepare_pipeline(directory: Path | str, metadata: Path | str | None = None, clues: Path | str | None = None,
-                     export: str | None = None, train: bool = False, source: str | None = None,
-                     settings: Settings | None = None,
+                     export: str | None = None, train: bool = False, source: str | None = None, *,
+                     settings: Settings,
                      encoding: str | None = None) -> tuple[int, list[tuple[str, list[int]]], bool]:
     """run_pipeline without the sending, so the CLI can follow the run while its batches are sent (embedded: done).
     The same submission as an interrupted run (or one whose in-process runner died) resumes that run instead of
     starting another. Returns (run id, batches to send by step, resumed)."""
-    settings = settings or get_settings()
     params = pipeline_params(directory, metadata, clues, export, train, source, settings, encoding)
     steps = pipeline_steps(export, train)
     owner = worker_id() if settings.embedded else None
@@ -123,11 +122,10 @@ def _check_metadata(path: Path, encoding: str | None) -> None:
 
 
 def submit_training(
-    export_id_or_name: int | str, stages: Sequence[str] = TRAINING_STAGES, settings: Settings | None = None
+    export_id_or_name: int | str, stages: Sequence[str] = TRAINING_STAGES, *, settings: Settings
 ) -> int:
     """Train the given stages on an export, in order (each stage starts when the previous one is done).
     Embedded: runs inline and returns when done. Returns the run id."""
-    settings = settings or get_settings()
     with session_scope(settings.database_url) as session:
         if export_by_id_or_name(session, export_id_or_name) is None:
             raise UserError(f"export {export_id_or_name!r} does not exist; build it first (geocurate export NAME)")
@@ -219,10 +217,9 @@ def _advance_from(session, run_id: int, step: str, steps: list[str], params: dic
         current = following
 
 
-def reconcile(settings: Settings | None = None) -> dict[str, int]:
+def reconcile(settings: Settings) -> dict[str, int]:
     """Re-queue claims whose lease expired (their worker died), re-send queued batches whose message was lost, and
     move on runs whose step is over (a worker died between its last batch and the hand-over)."""
-    settings = settings or get_settings()
     with session_scope(settings.database_url) as session:
         expired = batches.requeue_expired(session)
         # a batch given back for a retry waits up to retry_backoff_max as a delayed message no queue length shows
@@ -263,12 +260,12 @@ def sync_annotations(task_ids: Sequence[int] | None, settings: Settings) -> dict
     from labeling.pull import pull_annotations
     from workers.steps import as_counts
 
-    return as_counts(pull_annotations(settings.database_url, task_ids=list(task_ids) if task_ids else None))
+    return as_counts(pull_annotations(settings.database_url, task_ids=list(task_ids) if task_ids else None,
+                                      settings=settings))
 
 
-def run_progress(run_id: int, settings: Settings | None = None) -> dict[str, Any]:
+def run_progress(run_id: int, settings: Settings) -> dict[str, Any]:
     """The run's state and, per step, batches by status and summed counts (what progress bars and tests read)."""
-    settings = settings or get_settings()
     with session_scope(settings.database_url) as session:
         run = batches.get_run(session, run_id)
         if run is None:
@@ -277,7 +274,7 @@ def run_progress(run_id: int, settings: Settings | None = None) -> dict[str, Any
                 "summary": batches.run_summary(session, run_id)}
 
 
-def wait_for_run(run_id: int, timeout: float, settings: Settings | None = None, poll: float = 0.5) -> dict[str, Any]:
+def wait_for_run(run_id: int, timeout: float, settings: Settings, poll: float = 0.5) -> dict[str, Any]:
     """Block until the run is no longer running (or raise TimeoutError)."""
     import time
 

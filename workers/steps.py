@@ -82,9 +82,11 @@ def work_ingest(session: Session, claim: Claim, params: dict[str, Any], settings
 
     payload = claim.payload
     if "clues" in payload:
-        from curation.clues import ingest_clues
+        from curation.clues import get_gazetteer, ingest_clues
 
-        return {"clues": as_counts(ingest_clues(session, Path(payload["clues"]), encoding=params.get("encoding")))}
+        summary = ingest_clues(session, Path(payload["clues"]), get_gazetteer(settings),
+                               encoding=params.get("encoding"))
+        return {"clues": as_counts(summary)}
     discovery, match = _prepared_folder(claim.run_id, params["directory"], params.get("metadata"),
                                         params.get("encoding"), settings.allow_outside_root)
     if payload.get("folder"):
@@ -163,7 +165,7 @@ def work_route(session: Session, claim: Claim, params: dict[str, Any], settings:
         from labeling.push import push_tasks
 
         session.commit()  # the push reads the routed rows through its own connection
-        result["pushed"] = as_counts(push_tasks(settings.database_url))
+        result["pushed"] = as_counts(push_tasks(settings.database_url, settings=settings))
     return result
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from curation.clues.gazetteer import Gazetteer, get_gazetteer
+from curation.clues.gazetteer import Gazetteer
 from curation.clues.places import Place, places_in_doc
 from curation.countries import country_code, country_name
 
@@ -63,15 +63,13 @@ def decide(places: list[Place], hint: str | None = None) -> ClueAssessment:
     return ClueAssessment(True, None, REVIEW, f"{texts} could be {_names(possible)}.", places)
 
 
-def assess_clue(text: str, country_hint: str | None = None, gazetteer: Gazetteer | None = None) -> ClueAssessment:
-    gazetteer = gazetteer or get_gazetteer()
+def assess_clue(text: str, country_hint: str | None = None, *, gazetteer: Gazetteer) -> ClueAssessment:
     return decide(places_in_doc(gazetteer.nlp(text), gazetteer), country_hint)
 
 
-def assess_clues(texts: Sequence[str], hints: Sequence[str | None] | None = None,
-                 gazetteer: Gazetteer | None = None) -> list[ClueAssessment]:
+def assess_clues(texts: Sequence[str], hints: Sequence[str | None] | None,
+                 gazetteer: Gazetteer) -> list[ClueAssessment]:
     """Many clues in one batched spaCy pass (nlp.pipe): ~10× faster than one call per clue."""
-    gazetteer = gazetteer or get_gazetteer()
     hints = list(hints) if hints is not None else [None] * len(texts)
     if len(hints) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(hints)} hints")

@@ -368,12 +368,8 @@ _LOCK = threading.Lock()
 _LOADED: dict[tuple[str, str | None], Gazetteer] = {}
 
 
-def get_gazetteer(settings=None) -> Gazetteer:
+def get_gazetteer(settings) -> Gazetteer:
     """The process-wide gazetteer for these settings (built or read from the disk cache once)."""
-    if settings is None:
-        from geocurate.settings import get_settings
-
-        settings = get_settings()
     key = (gazetteer_version(), settings.spacy_model)
     with _LOCK:
         if key not in _LOADED:

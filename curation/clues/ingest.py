@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from curation.clues.assess import assess_clues
-from curation.clues.gazetteer import Gazetteer, get_gazetteer
+from curation.clues.gazetteer import Gazetteer
 from curation.countries import country_code
 from db.limits import column_length, text_problem
 from db.models import Clue
@@ -263,14 +263,13 @@ def _quarantine_line(session: Session, path: Path, line: int, exc: BadRecord, re
         summary.quarantine_reasons.append(f"{reference}: {exc}")
 
 
-def ingest_clues(session: Session, path: Path | str, gazetteer: Gazetteer | None = None,
-                 source: str | None = None, encoding: str | None = None) -> ClueIngestSummary:
+def ingest_clues(session: Session, path: Path | str, gazetteer: Gazetteer, source: str | None = None,
+                 encoding: str | None = None) -> ClueIngestSummary:
     """Load a clue file into the store (the caller's transaction). Raises FileNotFoundError / ValueError for a file
     that cannot be read at all; bad lines are quarantined instead."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"clue file not found: {path}")
-    gazetteer = gazetteer or get_gazetteer()
     summary = ClueIngestSummary()
     default_source = source or path.name
     chunk: list[RawClue] = []

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from curation.clues.gazetteer import Candidate, Gazetteer, applicable_candidates, get_gazetteer
+from curation.clues.gazetteer import Candidate, Gazetteer, applicable_candidates
 from curation.countries import city_point, country_code
 
 MODEL_LABELS = {"GPE", "LOC", "NORP"}
@@ -157,7 +157,6 @@ def places_in_doc(doc, gazetteer: Gazetteer) -> list[Place]:
     return places
 
 
-def extract_places(text: str, gazetteer: Gazetteer | None = None) -> list[Place]:
+def extract_places(text: str, gazetteer: Gazetteer) -> list[Place]:
     """Places named in `text`, in order. Languages ("signs in Spanish") are not places and are left out."""
-    gazetteer = gazetteer or get_gazetteer()
     return places_in_doc(gazetteer.nlp(text), gazetteer)

@@ -20,14 +20,16 @@ class ThresholdReport:
     fit_note: str | None
 
 
-def build_report(session_url: str | None, out_dir: Path | None = None, scorer_version: str | None = None,
-                 seed: int = 0) -> ThresholdReport:
-    """Gather the statistics, re-fit the weights when labels allow, and write the plots and report.html."""
+def build_report(session_url: str, out_dir: Path | None = None, scorer_version: str | None = None, seed: int = 0, *,
+                 reports_dir: Path | None = None) -> ThresholdReport:
+    """Gather the statistics, re-fit the weights when labels allow, and write the plots and report.html into
+    `out_dir`, or else into `reports_dir`/thresholds-<scorer version> (the CLI's reports_dir: data_dir/reports)."""
+    if out_dir is None and reports_dir is None:
+        raise ValueError("build_report needs out_dir or reports_dir: where to write the report")
     from curation.thresholds.render import plot_files, write_html
     from db.engine import session_scope
     from db.exports import latest_scorer_version
     from geocurate.errors import UserError
-    from geocurate.settings import get_settings
 
     with session_scope(session_url) as session:
         scorer_version = scorer_version or latest_scorer_version(session)
@@ -42,7 +44,7 @@ def build_report(session_url: str | None, out_dir: Path | None = None, scorer_ve
         fit = fit_class_weights(ratios, locatable, seed=seed)
     except ValueError as exc:
         note = str(exc)
-    out_dir = Path(out_dir or get_settings().data_dir / "reports" / f"thresholds-{scorer_version}")
+    out_dir = Path(out_dir) if out_dir is not None else Path(reports_dir) / f"thresholds-{scorer_version}"
     plots = plot_files(stats, out_dir)
     page = write_html(stats, plots, out_dir, fit, note)
     return ThresholdReport(stats=stats, out_dir=out_dir, html=page, plots=plots, fit=fit, fit_note=note)

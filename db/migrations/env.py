@@ -1,4 +1,6 @@
-"""Alembic environment: the URL comes from geocurate settings unless the caller set one on the config."""
+"""Alembic environment. The store is the caller's: db.migrate passes its connection (and URL) on the config. Only the
+`alembic` command line (`make migration`, `alembic upgrade head` in a checkout) has no caller to ask, so there the
+URL comes from geocurate's settings (GEOCURATE_DATABASE_URL or geocurate.toml)."""
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
@@ -6,7 +8,9 @@ from sqlalchemy import engine_from_config, pool
 from db.models import Base
 
 config = context.config
-if not config.get_main_option("sqlalchemy.url"):
+if config.attributes.get("connection") is None and not config.get_main_option("sqlalchemy.url"):
+    if config.cmd_opts is None:  # called from code that forgot to say which store
+        raise RuntimeError("no store given to the migrations: use db.migrate.upgrade(url)")
     from geocurate.settings import get_settings
 
     config.set_main_option("sqlalchemy.url", get_settings().database_url.replace("%", "%%"))

@@ -17,15 +17,17 @@ def ingest_clues_command(
     encoding: str = typer.Option(None, help="The file's encoding (default UTF-8), e.g. latin-1, cp1252."),
 ) -> None:
     """Load clue texts, keep each with its decision (accepted / rejected / review) and print counts per outcome."""
+    from curation.clues.gazetteer import get_gazetteer
     from curation.clues.ingest import ingest_clues
     from db.engine import check_connection, session_scope
     from geocurate.settings import get_settings
 
-    url = get_settings().database_url
+    settings = get_settings()
+    url = settings.database_url
     check_connection(url)
     try:
         with session_scope(url) as session:
-            summary = ingest_clues(session, file, source=source, encoding=encoding)
+            summary = ingest_clues(session, file, get_gazetteer(settings), source=source, encoding=encoding)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
     for outcome, count in summary.counts().items():
@@ -40,9 +42,10 @@ def assess_command(
     country: str = typer.Option(None, help="The country given with the clue (name or code)."),
 ) -> None:
     """Show the places recognised in one clue and the decision it would get (nothing is stored)."""
-    from curation.clues import assess_clue
+    from curation.clues import assess_clue, get_gazetteer
+    from geocurate.settings import get_settings
 
-    verdict = assess_clue(text, country)
+    verdict = assess_clue(text, country, gazetteer=get_gazetteer(get_settings()))
     typer.echo(f"{verdict.decision}: {verdict.reason}")
     for place in verdict.places:
         resolved = place.country or "ambiguous"
@@ -60,11 +63,13 @@ def pair_command(
     from db.engine import check_connection, session_scope
     from geocurate.settings import get_settings
 
-    url = get_settings().database_url
+    settings = get_settings()
+    url = settings.database_url
     check_connection(url)
-    clip = load_clip()
+    clip = load_clip(settings)
     with session_scope(url) as session:
-        added = pair_clues(session, clip, top_k, min_similarity)
+        added = pair_clues(session, clip, settings.pairing_top_k if top_k is None else top_k,
+                           settings.pairing_min_similarity if min_similarity is None else min_similarity)
     typer.echo(f"pairs added: {added}")
 
 

@@ -67,10 +67,10 @@ def demo(
     console.rule("threshold report")
     report_dir = Path(settings.data_dir) / "reports" / name
     export_commands.thresholds_report(out=report_dir, scorer_version=None)
-    console.print(summary_table(name, report_dir, time.perf_counter() - started))
+    console.print(summary_table(settings.database_url, name, report_dir, time.perf_counter() - started))
 
 
-def summary_table(export_name: str, report_dir: Path, seconds: float):
+def summary_table(url: str, export_name: str, report_dir: Path, seconds: float):
     from rich.table import Table
     from sqlalchemy import func, select
 
@@ -80,7 +80,7 @@ def summary_table(export_name: str, report_dir: Path, seconds: float):
     table = Table(title=f"geocurate demo finished in {seconds:.0f} s")
     table.add_column("what")
     table.add_column("count", justify="right")
-    with session_scope() as session:
+    with session_scope(url) as session:
         def count(model, *where) -> int:
             return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
 

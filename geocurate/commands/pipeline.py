@@ -52,8 +52,8 @@ def run_folder(directory: Path, metadata: Path | None = None, clues: Path | None
     else:
         check_connection(settings.database_url)
         check_broker(settings)
-    run_id, to_send, resumed = pipeline.prepare_pipeline(directory, metadata, clues, export, train, source, settings,
-                                                         encoding)
+    run_id, to_send, resumed = pipeline.prepare_pipeline(directory, metadata, clues, export, train, source,
+                                                         settings=settings, encoding=encoding)
     where = "embedded, in-process" if settings.embedded else "queued on " + _broker(settings)
     typer.echo(f"run {run_id}: {'resumed' if resumed else 'started'}, {where}")
     if settings.embedded:

@@ -49,7 +49,7 @@ def route(scorer_version: str = typer.Option(None, help="Scorer version whose ba
         )
         if version is None:
             raise UserError("no scorer version in the store yet: run scoring first, or pass --scorer-version")
-        summary = route_for_review(session, version)
+        summary = route_for_review(session, version, get_settings())
     typer.echo(f"queued {summary.images_queued} new images ({summary.images_in_band} in the band of {version}) "
                f"and {summary.clues_queued} new clues ({summary.clues_in_review} in review)")
 
@@ -60,7 +60,7 @@ def push(kind: Kind = typer.Option(None, help="Only images or only clues."),
     """Create Label Studio tasks for queued items (never twice), with the machine's prediction."""
     from labeling.push import push_tasks
 
-    summary = push_tasks(_store(), kind=_kind(kind), limit=limit)
+    summary = push_tasks(_store(), kind=_kind(kind), limit=limit, settings=get_settings())
     projects = ", ".join(f"{k}: project {v}" for k, v in summary.projects.items()) or "nothing to push"
     typer.echo(f"created {summary.created} tasks, adopted {summary.reconciled} existing, "
                f"quarantined {summary.quarantined} ({projects})")
@@ -71,7 +71,7 @@ def pull() -> None:
     """Bring every annotation back into the store and resolve each task's decision."""
     from labeling.pull import pull_annotations
 
-    s = pull_annotations(_store())
+    s = pull_annotations(_store(), settings=get_settings())
     typer.echo(f"pulled {s.tasks} tasks, {s.annotations} annotations ({s.deleted} deleted since last pull): "
                f"{s.done} done, {s.conflicted} conflicted, {s.pending} pending; {s.changed} decisions changed"
                + (f"; {s.quarantined} unknown countries quarantined" if s.quarantined else ""))
@@ -130,7 +130,7 @@ def stats() -> None:
     from labeling.stats import review_stats
 
     with session_scope(_store()) as session:
-        result = review_stats(session)
+        result = review_stats(session, get_settings().review_project_prefix)
     for p in result:
         states = p.states
         kappa = (f"{p.kappa_kind} kappa {p.kappa:.2f} over {p.multi_annotated_tasks} tasks" if p.kappa is not None
@@ -155,7 +155,7 @@ def webhook(host: str = typer.Option(None, help="Bind address (default GEOCURATE
     settings = get_settings()
     if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
         raise UserError("GEOCURATE_WEBHOOK_SECRET is not set: the receiver would reject every webhook")
-    config = uvicorn.Config(create_app(default_handler(settings)), host=host or settings.webhook_host,
+    config = uvicorn.Config(create_app(settings, default_handler(settings)), host=host or settings.webhook_host,
                             port=port or settings.webhook_port, log_level="info")  # configures uvicorn's logging
     scrub_logs(*(logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "uvicorn.access")))
     uvicorn.Server(config).run()

@@ -38,7 +38,7 @@ def score(limit: int = typer.Option(None, help="Score at most this many images."
     settings = get_settings()
     check_connection(settings.database_url)
     scorer = Scorer.from_settings(settings)
-    with session_scope() as session:
+    with session_scope(settings.database_url) as session:
         carried = carry_over_scores(session, scorer.version, scorer.params, scorer.weights)
         pending = pending_image_ids(session, scorer.version, limit)
     total = ScoreSummary()
@@ -46,7 +46,7 @@ def score(limit: int = typer.Option(None, help="Score at most this many images."
         task = progress.add_task(f"scoring ({scorer.version})", total=len(pending))
         for start in range(0, len(pending), settings.score_batch_size):
             batch = pending[start : start + settings.score_batch_size]
-            with session_scope() as session:
+            with session_scope(settings.database_url) as session:
                 summary = score_images(session, scorer, batch)
             total.scored += summary.scored
             total.skipped += summary.skipped
@@ -72,7 +72,7 @@ def rescore(
     try:
         new_weights = load_weights(settings.model_copy(update={"class_weights_path": weights})
                                    if weights else settings)
-        with session_scope() as session:
+        with session_scope(settings.database_url) as session:
             result = rescore_from_ratios(session, new_weights, from_version, threshold=threshold)
     except ValueError as exc:
         raise UserError(str(exc)) from None

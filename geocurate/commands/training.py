@@ -42,14 +42,16 @@ def train(
     adapters: Path | None = typer.Option(None, "--adapters", help="Adapters folder (default GEOCURATE_ADAPTERS_DIR)."),
 ) -> None:
     """Fine-tune the vision-language model with LoRA on an export (resumes a crashed stage from its checkpoint)."""
+    from geocurate.settings import get_settings
     from training.stages import train_both, train_stage
 
     export_dir = resolve_export(export)
     _check_store()
+    settings = get_settings()
     if stage is Stage.both:
-        results = train_both(export_dir, adapters_dir=adapters)
+        results = train_both(export_dir, settings, adapters_dir=adapters)
     else:
-        results = [train_stage(export_dir, stage.value, adapters_dir=adapters)]
+        results = [train_stage(export_dir, stage.value, settings, adapters_dir=adapters)]
     for result in results:
         if result.status != "done":
             typer.echo(f"{result.stage}: {result.status}")
@@ -73,11 +75,12 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
+    from geocurate.settings import get_settings
     from training.evaluate import evaluate_export, format_table
 
     export_dir = resolve_export(export)
     _check_store()
-    metrics = evaluate_export(export_dir, adapters_dir=adapters, base_only=base_only)
+    metrics = evaluate_export(export_dir, adapters_dir=adapters, base_only=base_only, settings=get_settings())
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
         return
