@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     )
     reconcile_interval: int = Field(30, description="Seconds between periodic reconcile and annotation-sync runs.")
     worker_max_tasks_per_child: int = Field(100, description="Recycle a worker child after this many tasks.")
-    task_max_retries: int = Field(5, description="Retries for transient failures (database, Label Studio 5xx).")
+    task_max_retries: int = Field(5, description="Retries for transient failures (database, Label Studio 5xx or 429).")
     retry_backoff_max: int = Field(300, description="Largest retry delay in seconds (exponential backoff with jitter).")
     queue_prefix: str = Field(
         "", description="Prefix of every queue name, so several deployments (or test runs) can share one broker."
