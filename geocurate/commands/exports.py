@@ -45,7 +45,7 @@ def export(
     if train:
         from workers.pipeline import submit_training
 
-        run_id = submit_training(result.export_id, stages=("reasoning", "location"))
+        run_id = submit_training(result.export_id, stages=("reasoning", "location"), settings=settings)
         typer.echo(f"  training run {run_id} submitted (reasoning, then location)")
 
 
@@ -64,7 +64,7 @@ def thresholds_report(
 
     settings = get_settings()
     check_connection(settings.database_url)
-    report = build_report(settings.database_url, out, scorer_version)
+    report = build_report(settings.database_url, out, scorer_version, reports_dir=settings.data_dir / "reports")
     stats = report.stats
     table = Table(title=f"scorer {stats.scorer_version}: {stats.total:,} images, {stats.labelled} human-labelled")
     for header in THRESHOLD_HEADERS:
@@ -97,7 +97,7 @@ def thresholds_fit_weights(
 
     settings = get_settings()
     check_connection(settings.database_url)
-    with session_scope() as session:
+    with session_scope(settings.database_url) as session:
         version = scorer_version or latest_scorer_version(session)
         if not version:
             raise UserError("the store has no scores yet; run `geocurate score` first")
