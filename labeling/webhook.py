@@ -41,15 +41,6 @@ def pull_task(task_id: int, settings: Settings) -> None:
                     task_id, explain(exc, settings)[0])
 
 
-def default_handler(settings: Settings) -> TaskHandler:
-    """In-process pull when embedded; with a broker, the workers' `sync_annotations` task."""
-    if settings.embedded:
-        return lambda task_id: pull_task(task_id, settings)
-    from workers.tasks import sync_annotations
-
-    return lambda task_id: sync_annotations.delay(task_ids=[task_id])
-
-
 def task_ids_of(payload: dict[str, Any], settings: Settings) -> set[int]:
     """Label Studio task ids an event concerns (Refused when its ids are not ids). Deletions name only annotation
     ids: their tasks come from the store, which is exactly where the deleted annotations still are."""
@@ -67,12 +58,11 @@ def task_ids_of(payload: dict[str, Any], settings: Settings) -> set[int]:
         return set(rows)
 
 
-def create_app(settings: Settings, on_task_changed: TaskHandler | None = None) -> FastAPI:
+def create_app(settings: Settings, on_task_changed: TaskHandler) -> FastAPI:
     """The receiver for the secret, body limit and store of `settings`; `on_task_changed(ls_task_id)` runs in the
-    background for each task an event names (default: `default_handler(settings)`, resolved on the first event so
-    a receiver that never gets one never imports the workers)."""
+    background for each task an event names. The caller chooses it (`pull_task` in this process, or a queued pull
+    on the workers), so the Label Studio layer does not depend on Celery."""
     app = FastAPI(title="geocurate review webhook", docs_url=None, redoc_url=None, openapi_url=None)
-    handler: list[TaskHandler] = [on_task_changed] if on_task_changed else []
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -89,10 +79,8 @@ def create_app(settings: Settings, on_task_changed: TaskHandler | None = None) -
             task_ids = await run_in_threadpool(task_ids_of, payload, settings)
         except Refused as refused:
             raise HTTPException(status_code=refused.status, detail=refused.detail) from None
-        if task_ids and not handler:
-            handler.append(default_handler(settings))
         for task_id in sorted(task_ids):
-            background.add_task(handler[0], task_id)
+            background.add_task(on_task_changed, task_id)
         return {"action": payload.get("action"), "queued": sorted(task_ids)}
 
     return app

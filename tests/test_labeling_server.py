@@ -366,7 +366,7 @@ def test_an_unknown_country_is_quarantined_and_the_label_still_counts(sqlite_sto
 
 @pytest.fixture
 def webhook_receiver(monkeypatch) -> Iterator[str]:
-    from labeling.webhook import create_app
+    from labeling.webhook import create_app, pull_task
     from tests.asgi_server import serving
     from tests.labelstudio_server import free_port
 
@@ -374,7 +374,8 @@ def webhook_receiver(monkeypatch) -> Iterator[str]:
     monkeypatch.setenv("GEOCURATE_WEBHOOK_SECRET", "hook-secret")
     monkeypatch.setenv("GEOCURATE_WEBHOOK_URL", f"http://127.0.0.1:{port}/webhook")
     reload_settings()
-    with serving(create_app(get_settings()), port) as url:
+    settings = get_settings()
+    with serving(create_app(settings, lambda task_id: pull_task(task_id, settings)), port) as url:
         yield url
 
 

@@ -141,6 +141,18 @@ def stats() -> None:
                    f"conflicted {states.get('conflicted', 0)}; {p.annotations} annotations; {kappa}; {seconds}")
 
 
+def pull_on_webhook(settings):
+    """What an annotation event triggers: a pull of that task, in this process when embedded, else on the workers
+    (their `sync_annotations` task), so the receiver answers Label Studio at once."""
+    if settings.embedded:
+        from labeling.webhook import pull_task
+
+        return lambda task_id: pull_task(task_id, settings)
+    from workers.tasks import sync_annotations
+
+    return lambda task_id: sync_annotations.delay(task_ids=[task_id])
+
+
 @review_app.command("webhook")
 def webhook(host: str = typer.Option(None, help="Bind address (default GEOCURATE_WEBHOOK_HOST)."),
             port: int = typer.Option(None, help="Port (default GEOCURATE_WEBHOOK_PORT).")) -> None:
@@ -150,12 +162,12 @@ def webhook(host: str = typer.Option(None, help="Bind address (default GEOCURATE
     import uvicorn
 
     from geocurate.masking import scrub_logs
-    from labeling.webhook import create_app, default_handler
+    from labeling.webhook import create_app
 
     settings = get_settings()
     if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
         raise UserError("GEOCURATE_WEBHOOK_SECRET is not set: the receiver would reject every webhook")
-    config = uvicorn.Config(create_app(settings, default_handler(settings)), host=host or settings.webhook_host,
+    config = uvicorn.Config(create_app(settings, pull_on_webhook(settings)), host=host or settings.webhook_host,
                             port=port or settings.webhook_port, log_level="info")  # configures uvicorn's logging
     scrub_logs(*(logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "uvicorn.access")))
     uvicorn.Server(config).run()
