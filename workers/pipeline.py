@@ -165,9 +165,10 @@ def send(step: str, batch_ids: Iterable[int], settings: Settings) -> None:
     """Queue one message per batch (embedded: run it now, in this process, through the same task code)."""
     task_name = step_of(step).task
     if settings.embedded:
-        from workers import tasks
+        from workers.app import app
 
-        task = tasks.app.tasks[task_name]
+        app.loader.import_default_modules()  # registers the tasks (workers.tasks) by name, as a worker does
+        task = app.tasks[task_name]
         for batch_id in batch_ids:
             if _STOP.is_set():
                 raise KeyboardInterrupt
