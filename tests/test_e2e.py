@@ -74,7 +74,7 @@ def count(session, model, *where) -> int:
 
 
 def test_the_whole_flow_with_every_real_part(e2e_env, label_studio, tmp_path: Path) -> None:
-    from curation.export import build_export
+    from curation.export import ExportParams, build_export
     from labeling.client import make_client
     from labeling.configs import CLUE_REVIEW, IMAGE_REVIEW
     from labeling.pull import pull_annotations
@@ -110,7 +110,7 @@ def test_the_whole_flow_with_every_real_part(e2e_env, label_studio, tmp_path: Pa
         clue_tasks = {k: r for k, r in review.items() if k[0] == "clue"}
         assert len(image_tasks) == images and len(clue_tasks) == clue_states["review"]
         assert all(r.ls_task_id for r in review.values()), "every routed item is a Label Studio task"
-        client = make_client()
+        client = make_client(settings)
         in_label_studio = sum(len(client.tasks.list(project=p.id, page_size=500).items or [])
                               for p in client.projects.list(page_size=100).items)
         assert in_label_studio == len(review)
@@ -127,7 +127,7 @@ def test_the_whole_flow_with_every_real_part(e2e_env, label_studio, tmp_path: Pa
         clue_key = sorted(clue_tasks)[0]
         client.annotations.create(id=clue_tasks[clue_key].ls_task_id, lead_time=5,
                                   result=[CLUE_REVIEW.choice_result("no_geo_clue")])
-        pulled = pull_annotations(url)
+        pulled = pull_annotations(url, settings=settings)
         with session_scope(url) as s:
             assert count(s, m.Annotation) == 3
             done = {(r.item_kind, r.item_id): r.final_label
@@ -137,7 +137,7 @@ def test_the_whole_flow_with_every_real_part(e2e_env, label_studio, tmp_path: Pa
                         clue_key: "no_geo_clue"}, pulled
 
         # export with geo-aware splits: the human labels decide both images
-        export = build_export(url, "e2e", threshold=threshold)
+        export = build_export(ExportParams.from_settings(settings, "e2e", threshold=threshold), url)
         with session_scope(url) as s:
             items = s.execute(select(m.ExportItem.image_id, m.ExportItem.split, m.Image.city)
                               .join(m.Image, m.Image.id == m.ExportItem.image_id)
@@ -161,7 +161,7 @@ def test_the_whole_flow_with_every_real_part(e2e_env, label_studio, tmp_path: Pa
             stages = s.execute(select(m.TrainingRun.stage, m.TrainingRun.status)
                                .where(m.TrainingRun.export_id == export.export_id).order_by(m.TrainingRun.id)).all()
         assert [tuple(row) for row in stages] == [("reasoning", "done"), ("location", "done")]
-        metrics = evaluate_export(Path(export.path))
+        metrics = evaluate_export(Path(export.path), settings=settings)
         assert metrics["n"] == sum(1 for _, split, _ in items if split == "test")
         assert 0.0 <= metrics["country_accuracy"] <= 1.0
     finally:
