@@ -33,10 +33,7 @@ ALL_QUEUES = "ingest,score,review,export,train"
 def e2e_env(label_studio, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """One environment shared by this test process and the worker: store, broker, Label Studio, demo models."""
     require_redis()
-    from db.migrate import upgrade
-
-    url = create_pg_database("geocurate_e2e")
-    upgrade(url)
+    url = create_pg_database("geocurate_e2e", migrated=True)
     prefix = f"gc-e2e-{uuid.uuid4().hex[:8]}-"
     settings = {
         "GEOCURATE_DATABASE_URL": url,
