@@ -65,9 +65,10 @@ def decided_images(scorer_version: str, threshold: float, *columns: ColumnElemen
     """Images scored under `scorer_version` with their final decision applied.
 
     Result columns: id, sha256, uri, lat, lon, country_code (annotator's over metadata), city, locatability,
-    class_ratios, human_label, kept, then any extra `columns`. `kept_only` filters to kept images;
-    `require_location` leaves out images without coordinates or country, which the location stage cannot use.
-    `lean` selects only id, sha256, lat, lon, country_code, city (no JSON to decode in a first pass over many rows).
+    class_ratios, human_label, kept, then any extra `columns`. `kept_only` filters to kept images (and leaves out the
+    kept column, true on every row); `require_location` leaves out images without coordinates or country, which the
+    location stage cannot use. `lean` selects only id, sha256, lat, lon, country_code, city (no JSON to decode in a
+    first pass over many rows).
     """
     review = aliased(ReviewTask, name="review")
     label = review.final_label
@@ -77,8 +78,10 @@ def decided_images(scorer_version: str, threshold: float, *columns: ColumnElemen
         (Image.id, Image.sha256, Image.lat, Image.lon, country.label("country_code"), Image.city)
         if lean else
         (Image.id, Image.sha256, Image.uri, Image.lat, Image.lon, country.label("country_code"), Image.city,
-         Score.locatability, Score.class_ratios, label.label("human_label"), kept.label("kept"))
+         Score.locatability, Score.class_ratios, label.label("human_label"))
     )
+    if not kept_only and not lean:
+        selected += (kept.label("kept"),)
     stmt = (
         select(*selected, *columns)
         .join(Score, and_(Score.image_id == Image.id, Score.scorer_version == scorer_version))
