@@ -14,23 +14,25 @@ from curation.locatability import REFERENCE_WEIGHTS, SHORT_NAMES
 from geocurate.export_format import PROMPT, Example
 
 NO_EVIDENCE = "The scene shows little specific geographic evidence."
+# class index (as stored: a JSON key, or an int) → (reference weight, short name)
+_EVIDENCE = {key: entry for i, entry in enumerate(zip(REFERENCE_WEIGHTS, SHORT_NAMES)) for key in (i, str(i))}
 
 
 def evidence_sentence(class_ratios: dict[str, float] | None, top: int = 3) -> str:
     """The location stage's `reasons`: the classes contributing most to the image's locatability (weight × area),
-    the same evidence the score used. Weights are Python floats: their product is the IEEE double numpy's would be,
-    without a numpy scalar per class of a million images."""
+    the same evidence the score used. It runs once per exported image: the weights are Python floats (their product
+    is the IEEE double numpy's would be, without a numpy scalar per class) found by the stored key as it is."""
     if not class_ratios:
         return NO_EVIDENCE
-    names, weights = SHORT_NAMES, REFERENCE_WEIGHTS
-    count = len(names)
     contributions = []
     for index, fraction in class_ratios.items():
-        i = int(index)
-        if 0 <= i < count and fraction:
-            contribution = weights[i] * fraction
+        entry = _EVIDENCE.get(index)
+        if entry is None:  # a key spelled otherwise ("06", 6.5): as int() reads it
+            entry = _EVIDENCE.get(int(index))
+        if entry is not None and fraction:
+            contribution = entry[0] * fraction
             if contribution > 0:
-                contributions.append((-contribution, names[i]))
+                contributions.append((-contribution, entry[1]))
     if not contributions:
         return NO_EVIDENCE
     picked = [name for _, name in sorted(contributions)[:top]]

@@ -34,23 +34,25 @@ def write_location(session: Session, export_id: int, name: str, root: Path, plac
     files = LocationFiles({s: HashedWriter(location_file(root, s)) for s in SPLITS})
     per_country, writers = files.per_country, files.writers
     items: list[tuple[int, str, str, int]] = []
+    append_item = items.append
     linked = placer.linking
+    place_image = placer.list_linked if linked else placer.place  # a link requested in the first pass, or placed now
     countries: dict[str, tuple[str, str, str]] = {}  # metadata code → (upper code, its JSON, country name's JSON)
     appender = store.ItemAppender(session)
     try:
         for batch in batches:
             for place in batch:
-                split_name, drop = place.split, place.duplicates
+                key, split_name, drop = place.key, place.split, place.duplicates
                 files.places[split_name] += 1
-                writer, country_counts = writers[split_name], per_country[split_name]
+                write_line, country_counts = writers[split_name].write_line, per_country[split_name]
                 for image in place.images:
-                    sha256, uri = image.sha256, image.uri
-                    if image.id in drop:
+                    image_id, sha256, uri = image.id, image.sha256, image.uri
+                    if image_id in drop:
                         files.removed += 1
                         if linked:
                             placer.unlink_later(sha256, uri)
                         continue
-                    relative = placer.list_linked(sha256, uri) if linked else placer.place(sha256, uri)
+                    relative = place_image(sha256, uri)
                     if relative is None:
                         quarantine(session, "image", uri, "missing_at_export", f"export {name}")
                         continue
@@ -59,11 +61,11 @@ def write_location(session: Session, export_id: int, name: str, root: Path, plac
                     if country is None:
                         upper = code.upper()
                         country = countries[code] = (upper, json_string(upper), json_scalar(country_name(code)))
-                    writer.write_line(location_line(sha256, relative, country[2], country[1], image.city,
-                                                    evidence_sentence(image.class_ratios), image.lat, image.lon,
-                                                    image.locatability, place.key, image.human_label))
+                    write_line(location_line(sha256, relative, country[2], country[1], image.city,
+                                             evidence_sentence(image.class_ratios), image.lat, image.lon,
+                                             image.locatability, key, image.human_label))
                     country_counts[country[0]] += 1
-                    items.append((export_id, "location", split_name, image.id))
+                    append_item((export_id, "location", split_name, image_id))
             appender.add(items)
             items.clear()
     except BaseException:

@@ -29,9 +29,12 @@ def image_name(sha256: str, uri: str) -> str:
     """The file name of an image in images/: its sha256 and its source's suffix (else .jpg). The suffix is what
     follows the basename's last dot unless only dots precede it, as os.path.splitext has it, at a fraction of its
     cost (this runs twice per exported image)."""
-    dot, slash = uri.rfind("."), uri.rfind("/")
-    suffix = uri[dot:].lower() if dot > slash + 1 and uri[slash + 1 : dot].strip(".") else ""
-    return f"{sha256}{suffix if 0 < len(suffix) <= 6 else '.jpg'}"
+    dot, start = uri.rfind("."), uri.rfind("/") + 1
+    if dot > start and (uri[dot - 1] != "." or uri[start:dot].strip(".")):  # a name before the dot, not only dots
+        suffix = uri[dot:].lower()
+        if len(suffix) <= 6:
+            return sha256 + suffix
+    return sha256 + ".jpg"
 
 
 class Linker:
