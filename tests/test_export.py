@@ -435,3 +435,20 @@ def test_image_names_keep_the_source_suffix_as_splitext_does():
                 "/a/...", "b.webp", "/a/b.tar.gz", "/a/b c.Png"):
         suffix = os.path.splitext(uri)[1].lower()
         assert image_name("f" * 64, uri) == "f" * 64 + (suffix if 0 < len(suffix) <= 6 else ".jpg"), uri
+
+
+def test_a_build_leaves_the_garbage_collector_as_it_found_it(sqlite_store):
+    """The build sets the process's older objects aside from the cyclic collector (gc.freeze) and gives them back
+    after; objects a process froze itself (a pre-fork server) stay frozen."""
+    import gc
+
+    seed_store(sqlite_store)
+    assert gc.get_freeze_count() == 0
+    export(sqlite_store, "gc-1")
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        export(sqlite_store, "gc-2")
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -4,8 +4,11 @@ a hidden folder that is renamed into place when complete, so an export folder is
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +57,8 @@ def build_export(params: ExportParams, url: str) -> ExportResult:
     shutil.rmtree(partial, ignore_errors=True)  # ours now: a build that held the name died
     partial.mkdir(parents=True)
     try:
-        with guard.heartbeat(url, export_id, builder, params.heartbeat_seconds), session_scope(url) as session:
+        with guard.heartbeat(url, export_id, builder, params.heartbeat_seconds), session_scope(url) as session, \
+                _old_objects_frozen():
             result = _write(session, export_id, params, partial)
             os.replace(partial, final_path)
             result.path = final_path
@@ -65,6 +69,22 @@ def build_export(params: ExportParams, url: str) -> ExportResult:
         with session_scope(url) as session:
             store.fail_export(session, export_id)
         raise
+
+
+@contextlib.contextmanager
+def _old_objects_frozen() -> Iterator[None]:
+    """The passes allocate a few objects per image, millions in all, and every full pass of the cyclic garbage
+    collector would walk all the objects the process held before (SQLAlchemy, numpy...): 13% of the exporter's CPU
+    at 400k images. Those are set aside for the build (gc.freeze), unless the process froze objects of its own (a
+    pre-fork server), whose choice is left alone."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _write(session: Session, export_id: int, params: ExportParams, root: Path) -> ExportResult:
