@@ -31,8 +31,11 @@ demo: install
 chromium:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
 
+# In parallel: TEST_WORKERS test processes (pytest-xdist); tests sharing a Label Studio server, Celery workers or one
+# module-wide run stay on one process each (xdist_group, tests/conftest.py). TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
 test: install install-ls chromium
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -ra --timeout=900 $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -ra --timeout=900 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -ra -x -m 'not labelstudio and not e2e and not slow' $(PYTEST_ARGS)

@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 import uuid
@@ -19,6 +20,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Under pytest-xdist (`make test` runs -n 2) test processes share the cores: each process and every process it starts
+# (the demo, `geocurate` commands, Celery workers) gets one math thread, and idle OpenMP threads sleep instead of
+# spinning, so two test processes never fight over the cores with 2 spinning threads each (that made the demo 8x
+# slower). Set before torch is imported; a value given from outside wins. Results do not depend on the thread count
+# (tests/test_scoring_golden.py checks the scores are bit-identical with 1 and 2 threads).
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_variable, "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 PG_SERVER = os.environ.get("GEOCURATE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -198,6 +210,125 @@ def make_store(backend: str, tmp_path: Path) -> Iterator[str]:
             drop_pg_database(url)
         else:
             dispose_all()
+
+
+# --- parallel runs (pytest-xdist; `make test` runs -n 2 --dist loadgroup) ------------------------------------------
+# Tests that share something expensive or timing-sensitive run on one xdist worker, as one group:
+# - "labelstudio": every test using the session's Label Studio server (tests/labelstudio_server.py), so one server
+#   is started per run, not one per worker;
+# - "celery": every test using real Celery workers and their store (test_workers_celery.worker_env), so those
+#   workers start once per module and their timing (lease expiry, recovery bounds) is measured beside one other test
+#   process at most, never beside a second set of workers;
+# - one group per module for the tests sharing a module-scoped fixture (one demo run, one scoring of the golden
+#   sample, one SAM scorer...), so it is built once, not once per worker.
+# Everything else is spread test by test. Each worker has its own process, temp dir (tmp_path_factory), settings,
+# stores (a fresh database or file per test) and Redis key prefix (uuid), so nothing else needs to be serialised.
+XDIST_GROUPS = {"label_studio_server": "labelstudio", "worker_env": "celery"}
+# The longest work goes first (a group or a test that took long in the last run), so no worker is left with a
+# minute of work when the others are done. Durations of the last runs are kept in pytest's cache by the controller
+# and handed to the workers, so that every worker orders the tests the same way.
+DURATIONS_KEY = "geocurate/durations"
+UNKNOWN_DURATION = 1.0  # seconds: a new test
+_durations: dict[str, float] = {}
+_this_run: dict[str, float] = {}
+
+
+def base_nodeid(nodeid: str) -> str:
+    """The node id without xdist's `@group` suffix (xdist's own rule: an `@` after the last `]`)."""
+    return nodeid.rsplit("@", 1)[0] if nodeid.rfind("@") > nodeid.rfind("]") else nodeid
+
+
+def group_of(item: pytest.Item) -> str | None:
+    names = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                    for mark in item.iter_markers("xdist_group")})
+    return "_".join(names) or None
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(fixturedefs and str(fixturedefs[-1].scope) in {"module", "class", "package"}
+               for fixturedefs in defs.values())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
+    for item in items:  # before xdist's own hook reads the marks
+        if item.get_closest_marker("xdist_group"):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        group = next((name for fixture, name in XDIST_GROUPS.items() if fixture in fixtures), None)
+        if group is None and _uses_module_fixture(item):
+            group = f"module-{item.path.stem}"
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    result = yield
+    if XDIST_WORKER and getattr(config.option, "loadgroup", False):
+        longest_first(items, getattr(config, "workerinput", {}).get("geocurate_durations", {}))
+        carry_xdist_groups(items)
+    return result
+
+
+def longest_first(items: list[pytest.Item], durations: dict[str, float]) -> None:
+    """Order the work units (a group, or a test of none) by their duration in the last runs, longest first; a unit's
+    tests keep their order. Used with --no-loadscope-reorder, which hands units out in this order."""
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        units.setdefault(group_of(item) or item.nodeid, []).append(item)
+
+    def seconds(unit: list[pytest.Item]) -> float:
+        return sum(durations.get(base_nodeid(item.nodeid), UNKNOWN_DURATION) for item in unit)
+
+    items[:] = [item for unit in sorted(units.values(), key=seconds, reverse=True) for item in unit]
+
+
+def carry_xdist_groups(items: list[pytest.Item]) -> None:
+    """xdist tells its scheduler a test's group by a suffix on the node id (`...::test@group`), written to the
+    item's `_nodeid`; pytest 9.2 keeps node ids in `_id` (a NodeId), so the suffix is lost and groups are silently
+    split across workers (pytest-dev/pytest-xdist#1386, fix pending in #1388). Write it where pytest now keeps it, and
+    stop the run if no group can be carried, rather than start a second Label Studio or set of Celery workers."""
+    for item in items:
+        group = group_of(item)
+        if group is None or item.nodeid.endswith(f"@{group}"):
+            continue  # no group, or xdist's own suffix took effect
+        if hasattr(item, "_id"):
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(f"{item.nodeid}@{group}")
+        if not item.nodeid.endswith(f"@{group}"):
+            raise pytest.UsageError(f"cannot tell pytest-xdist the group of {item.nodeid} ({group}): run without "
+                                    "-n, or with a pytest and pytest-xdist whose --dist loadgroup works")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not XDIST_WORKER and getattr(config, "cache", None) is not None:
+        _durations.update(config.cache.get(DURATIONS_KEY, {}))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist's controller starting a worker: the last runs' durations go with it."""
+    node.workerinput["geocurate_durations"] = dict(_durations)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if not XDIST_WORKER:
+        nodeid = base_nodeid(report.nodeid)
+        _this_run[nodeid] = _this_run.get(nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not XDIST_WORKER and _this_run and getattr(session.config, "cache", None) is not None:
+        session.config.cache.set(DURATIONS_KEY, {**_durations, **{k: round(v, 2) for k, v in _this_run.items()}})
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread_per_xdist_worker() -> None:
+    """Test modules set torch's thread count when imported (all of them are imported by every worker at collection):
+    under xdist each test starts from the worker's one thread again; a test may still raise it for itself."""
+    torch = sys.modules.get("torch") if XDIST_WORKER else None
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if torch is not None and threads.isdigit() and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture(autouse=True)
