@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from curation.clip import build_clip  # noqa: E402
-from curation.device import cpu_has_native_bf16, resolve_device, resolve_dtype  # noqa: E402
+from geocurate.device import cpu_has_native_bf16, resolve_device, resolve_dtype  # noqa: E402
 from curation.locatability import REFERENCE_WEIGHTS, locatability  # noqa: E402
 from curation.scoring import decide  # noqa: E402
 from curation.segmenters.sam import SamSegmenter, _Masks, resolve_overlaps  # noqa: E402
@@ -42,7 +42,7 @@ NAIVE = dict(clip_batch_size=1, encoder_batch_size=1, chunked_attention=False, f
 
 def bench_images(n: int, size: tuple[int, int]) -> list[Image.Image]:
     try:
-        from geocurate.sample_data import generate_sample
+        from geocurate.cli.sample_data import generate_sample
 
         folder = Path(tempfile.mkdtemp(prefix="geocurate-bench-"))
         generate_sample(folder, n_images=n + 4, n_clues=4, seed=0)

@@ -84,10 +84,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=78, help="sample street scenes (320-640 px wide)")
     args = parser.parse_args()
 
-    from geocurate.sample_data import generate_sample
+    from geocurate.cli.sample_data import generate_sample
     from geocurate.settings import reload_settings
-    from workers.local import MODELS_MARK, READY_MARK, LocalWorkers
-    from workers.pipeline import run_pipeline, wait_for_run
+    from tests.local_workers import MODELS_MARK, READY_MARK, LocalWorkers, wait_for_run
+    from workers.pipeline import run_pipeline
 
     url = fresh_database()
     prefix = f"gc-bench-recovery-{uuid.uuid4().hex[:8]}-"

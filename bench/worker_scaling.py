@@ -43,8 +43,8 @@ def measure(workers_count: int, images_dir: Path, base: Path, args: argparse.Nam
     """(images scored, seconds) for one configuration, on its own database and queue prefix."""
     from curation.ingest import ingest_folder
     from geocurate.settings import reload_settings
-    from workers.local import MODELS_MARK, READY_MARK, LocalWorkers
-    from workers.pipeline import start_run, wait_for_run
+    from tests.local_workers import MODELS_MARK, READY_MARK, LocalWorkers, wait_for_run
+    from workers.pipeline import start_run
 
     url = fresh_database()
     prefix = f"gc-bench-{uuid.uuid4().hex[:8]}-"
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--threads-per-worker", type=int, default=1)
     args = parser.parse_args()
 
-    from geocurate.sample_data import generate_sample
+    from geocurate.cli.sample_data import generate_sample
 
     with tempfile.TemporaryDirectory(prefix="geocurate-bench-workers-") as tmp:
         base = Path(tmp)

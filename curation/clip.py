@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from curation.device import resolve_device, resolve_dtype
+from geocurate.device import resolve_device, resolve_dtype
 from curation.files import file_digest
 
 TINY_CLIP_CONFIG = Path(__file__).with_name("data") / "tiny_clip.json"

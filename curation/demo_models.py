@@ -63,11 +63,3 @@ def build_tiny_segformer():
     model = SegformerForSemanticSegmentation(config).eval()
     processor = SegformerImageProcessor(size={"height": 128, "width": 128}, do_reduce_labels=True)
     return model, processor
-
-
-def save_tiny_segformer(directory: Path) -> Path:
-    """Write the tiny SegFormer as a transformers folder: what `maskformer_model=/path` loads."""
-    model, processor = build_tiny_segformer()
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory

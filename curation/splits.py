@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import h3
 
-from curation.countries import normalise
+from geocurate.countries import normalise
 from geocurate.errors import UserError
 from geocurate.export_format import SPLITS
 

@@ -60,13 +60,6 @@ class Example:
         return cls(**data)
 
 
-def read_examples(path: Path) -> list[Example]:
-    if not path.exists():
-        return []
-    with open(path, encoding="utf-8") as handle:
-        return [Example.from_line(line) for line in handle if line.strip()]
-
-
 def location_file(export_dir: Path, split: str) -> Path:
     return Path(export_dir) / LOCATION_DIR / f"{split}.jsonl"
 

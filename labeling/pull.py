@@ -49,7 +49,7 @@ class PullSummary:
 
 
 def country_code(text: str) -> str | None:
-    from curation.countries import country_code as lookup
+    from geocurate.countries import country_code as lookup
 
     return lookup(text)
 

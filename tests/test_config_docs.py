@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from geocurate.config_docs import BEGIN, END, readme_block
+from geocurate.cli.config_docs import BEGIN, END, readme_block
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -10,7 +10,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_settings_table_is_current():
     text = README.read_text()
     start, end = text.index(BEGIN), text.index(END) + len(END)
-    assert text[start:end] == readme_block(), "run: python -m geocurate.config_docs --write"
+    assert text[start:end] == readme_block(), "run: python -m geocurate.cli.config_docs --write"
 
 
 def test_settings_read_environment_and_toml(tmp_path, monkeypatch):

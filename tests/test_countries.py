@@ -2,7 +2,7 @@
 
 import pytest
 
-from curation.countries import city_point, country_code, country_name, country_point, is_country_code
+from geocurate.countries import city_point, country_code, country_name, country_point, is_country_code
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,11 @@ from sqlalchemy import func, select
 
 from db import models as m
 from db.engine import session_scope
-from geocurate.sample_data import generate_sample
+from geocurate.cli.sample_data import generate_sample
 from geocurate.settings import reload_settings
 from tests.conftest import create_pg_database, drop_pg_database
 from tests.test_workers_celery import REDIS_SERVER, Workers, drop_keys, require_redis
-from workers.local import ROOT
+from tests.local_workers import ROOT, wait_for_run
 
 pytest_plugins = ["tests.labelstudio_server"]
 pytestmark = [pytest.mark.e2e, pytest.mark.labelstudio, pytest.mark.redis, pytest.mark.postgres]
@@ -76,7 +76,7 @@ def test_the_whole_flow_with_every_real_part(e2e_env, label_studio, tmp_path: Pa
     from labeling.configs import CLUE_REVIEW, IMAGE_REVIEW
     from labeling.pull import pull_annotations
     from training.evaluate import evaluate_export
-    from workers.pipeline import run_pipeline, submit_training, wait_for_run
+    from workers.pipeline import run_pipeline, submit_training
 
     settings, env = e2e_env
     url = settings.database_url

@@ -21,13 +21,20 @@ from db.quarantine import quarantine
 from db.scores import add_scores
 from geocurate.errors import UserError
 from geocurate.settings import get_settings
-from geocurate.export_format import MANIFEST, PROMPT, SPLITS, location_file, read_examples, reasoning_file
+from geocurate.export_format import MANIFEST, PROMPT, SPLITS, Example, location_file, reasoning_file
 
 EMBEDDING_VERSION = "test-emb"
 CITIES = [("PL", "Kraków", 50.06, 19.94), ("PL", "Gdańsk", 54.35, 18.65), ("DE", "Berlin", 52.52, 13.40),
           ("DE", "München", 48.14, 11.58), ("FR", "Paris", 48.86, 2.35), ("FR", "Lyon", 45.76, 4.84),
           ("JP", "Tokyo", 35.68, 139.69), ("BR", "Recife", -8.05, -34.9)]
 PER_CITY = 4
+
+
+def read_examples(path: Path) -> list[Example]:
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [Example.from_line(line) for line in handle if line.strip()]
 
 
 def sha(n: int) -> str:

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from curation.countries import city_point
+from geocurate.countries import city_point
 from training.geo import WORST_DISTANCE_KM, geo_metrics, geoguessr_score, haversine_km, place
 
 

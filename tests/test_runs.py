@@ -18,7 +18,7 @@ from db.engine import session_scope
 from db.models import Batch, Image, Run, Score
 from tests.scoring_images import write_images
 from tests.test_workers_celery import private_workers, worker_env  # noqa: F401 - fixture
-from workers.local import ROOT
+from tests.local_workers import ROOT
 
 IMAGES = 12
 RUN_TIMEOUT = 300
@@ -148,7 +148,7 @@ def test_an_interrupted_run_resumes_with_the_same_command(embedded, stop):
 def test_run_with_workers_exits_1_when_a_worker_fails_a_batch(worker_env, monkeypatch, tmp_path):
     """A real worker on Redis and PostgreSQL fails one score batch: `geocurate run` (which only submits and
     follows) reports the run partial, names the batch, and exits 1."""
-    from workers.local import READY_MARK
+    from tests.local_workers import READY_MARK
 
     _, settings, workers = private_workers(worker_env, monkeypatch, tmp_path, "failing", GEOCURATE_BATCH_SIZE="3")
     url = settings.database_url

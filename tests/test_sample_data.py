@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from typer.testing import CliRunner
 
 from geocurate.errors import UserError
-from geocurate.sample_data import COUNTRIES, generate_sample
+from geocurate.cli.sample_data import COUNTRIES, generate_sample
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from curation.clip import TINY_CLIP_CONFIG, build_clip
-from curation.demo_models import build_tiny_sam, save_tiny_segformer
+from curation.demo_models import build_tiny_sam, build_tiny_segformer
 from curation.scoring import Scorer
 from geocurate.errors import UserError
 from geocurate.settings import Settings
@@ -23,6 +23,14 @@ def save_open_clip_folder(folder):
     model_cfg = json.loads(TINY_CLIP_CONFIG.read_text())
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
     save_file({k: v.contiguous() for k, v in clip.model.state_dict().items()}, folder / "open_clip_model.safetensors")
+
+
+def save_tiny_segformer(directory):
+    """The tiny SegFormer as a transformers folder: what `maskformer_model=/path` loads."""
+    model, processor = build_tiny_segformer()
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
 
 
 def test_saved_clip_and_sam_checkpoints_load_through_settings(tmp_path):

@@ -21,7 +21,7 @@ import pytest
 GOLDEN = Path(__file__).with_name("data") / "scoring_golden.json"
 SEGMENTERS = ("sam", "maskformer")
 IMAGES = [f"street_{index:04d}.jpg" for index in range(4)]  # the sample's first four (all readable) street views
-# The demo's scoring settings (geocurate.commands.demo.DEMO_SETTINGS: SAM grid, threshold, review band) on the CPU
+# The demo's scoring settings (geocurate.cli.commands.demo.DEMO_SETTINGS: SAM grid, threshold, review band) on the CPU
 # in float32, written out so that the test pins the scorer, not the demo's choice of settings.
 DEMO_SCORING = dict(demo_models=True, sam_points_per_side=8, threshold=0.3, review_band_low=0.29,
                     review_band_high=0.31, score_dtype="float32", device="cpu", score_batch_size=8)
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.xdist_group("golden")  # one scoring of the sample per 
 def score_sample(directory: Path) -> dict[str, dict]:
     """{segmenter: {"version", "images": {file name: {"locatability", "decision", "class_ratios", "top_classes"}}}}"""
     from curation.scoring import Scorer
-    from geocurate.sample_data import generate_sample
+    from geocurate.cli.sample_data import generate_sample
     from geocurate.settings import Settings
 
     sample = generate_sample(directory, n_images=8, n_clues=4, seed=0)

@@ -380,7 +380,7 @@ def test_geocurate_run_embedded_on_sqlite_goes_from_folder_to_export(tmp_path, m
     from typer.testing import CliRunner
 
     from geocurate.cli import app
-    from geocurate.sample_data import generate_sample
+    from geocurate.cli.sample_data import generate_sample
 
     for key, value in {"GEOCURATE_DEMO_MODELS": "1", "GEOCURATE_SEGMENTER": "maskformer",
                        "GEOCURATE_SCORE_DTYPE": "float32", "GEOCURATE_DEVICE": "cpu",

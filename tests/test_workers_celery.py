@@ -25,7 +25,7 @@ from db.engine import session_scope
 from db.models import Batch, Image, Quarantine, Score, TaskFailure
 from geocurate.settings import reload_settings
 from tests.conftest import create_pg_database, drop_pg_database, unavailable
-from workers.local import MODELS_MARK, READY_MARK, ROOT, LocalWorkers
+from tests.local_workers import MODELS_MARK, READY_MARK, ROOT, LocalWorkers, wait_for_run
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -172,7 +172,7 @@ def score_step_total(state: dict, key: str) -> int:
 
 
 def test_two_workers_score_every_image_exactly_once(two_workers: Workers, use_env, tmp_path: Path) -> None:
-    from workers.pipeline import run_pipeline, wait_for_run
+    from workers.pipeline import run_pipeline
 
     paths = write_images(tmp_path / "images", 210, seed=1)
     corrupt(paths[17])
@@ -214,7 +214,7 @@ def test_geocurate_run_follows_a_run_done_by_workers(two_workers: Workers, use_e
 def test_a_corrupt_image_inside_a_batch_is_quarantined_and_the_rest_scored(two_workers: Workers, use_env,
                                                                            tmp_path: Path) -> None:
     from curation.ingest import ingest_images
-    from workers.pipeline import start_run, wait_for_run
+    from workers.pipeline import start_run
 
     paths = write_images(tmp_path / "images", 8, seed=2)
     url = use_env.database_url
@@ -237,7 +237,7 @@ def test_the_same_message_delivered_twice_leaves_the_store_unchanged(two_workers
                                                                      tmp_path: Path) -> None:
     from curation.ingest import ingest_images
     from workers.app import sender_for
-    from workers.pipeline import create_run, wait_for_run
+    from workers.pipeline import create_run
 
     paths = write_images(tmp_path / "images", 10, seed=3)
     url = use_env.database_url
@@ -303,7 +303,7 @@ def test_a_worker_killed_mid_batch_is_replaced_by_the_other_within_minutes(worke
     claim stops being renewed, reconcile re-queues it when the lease runs out and the other worker does it, once."""
     prefix, settings, workers = private_workers(worker_env, monkeypatch, tmp_path, "kill", GEOCURATE_BATCH_SIZE="6",
                                                 **FAST_RECOVERY)
-    from workers.pipeline import run_pipeline, wait_for_run
+    from workers.pipeline import run_pipeline
 
     url = settings.database_url
     try:
@@ -352,7 +352,7 @@ def test_pool_processes_replaced_after_every_task_or_killed_work_again(worker_en
     Only the scoring worker loads models, so its three fresh processes are the ones that prove it."""
     prefix, settings, workers = private_workers(worker_env, monkeypatch, tmp_path, "recycle", GEOCURATE_BATCH_SIZE="6",
                                                 GEOCURATE_WORKER_MAX_TASKS_PER_CHILD="1")
-    from workers.pipeline import run_pipeline, wait_for_run
+    from workers.pipeline import run_pipeline
 
     url = settings.database_url
     try:
@@ -395,7 +395,7 @@ def test_sigterm_gives_the_running_batch_back_and_the_next_worker_does_it(worker
     not finished and not left claimed until the KILL, and its message goes back to the broker, so the next worker
     does it without waiting for a lease or for reconcile."""
     prefix, settings, workers = private_workers(worker_env, monkeypatch, tmp_path, "term", GEOCURATE_BATCH_SIZE="30")
-    from workers.pipeline import run_pipeline, wait_for_run
+    from workers.pipeline import run_pipeline
 
     url = settings.database_url
     try:

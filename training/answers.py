@@ -10,7 +10,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from curation.countries import country_code
+from geocurate.countries import country_code
 
 
 @dataclass

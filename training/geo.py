@@ -3,7 +3,7 @@ answers within 1 / 25 / 200 / 750 / 2500 km (street / city / region / country / 
 GeoGuessr score 5000·exp(−d / 1492.7 km).
 
 A predicted city is placed at its geonames coordinates (within the predicted country when that is known), a country
-without a usable city at its representative point (curation.countries.country_point). An answer that cannot be
+without a usable city at its representative point (geocurate.countries.country_point). An answer that cannot be
 placed at all (unparsed, unknown country) counts as the worst possible guess, half the Earth's circumference away,
 so failures lower every distance metric instead of silently leaving the sample.
 """
@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from curation.countries import city_point, country_point, normalise
+from geocurate.countries import city_point, country_point, normalise
 
 EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG)
 WORST_DISTANCE_KM = math.pi * EARTH_RADIUS_KM  # antipodal: ~20,015 km

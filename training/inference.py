@@ -87,7 +87,7 @@ def inference_config(chain: list[Path], settings) -> TrainingConfig:
 
 
 def build_geo_model(base_path: str, chain: list[Path], config: TrainingConfig, device_name: str) -> GeoModel:
-    from curation.device import resolve_device
+    from geocurate.device import resolve_device
     from training.model_family import family_for
 
     device = resolve_device(device_name)

@@ -69,7 +69,7 @@ def last_checkpoint(directory: Path) -> Path | None:
 def resolve_precision(config: TrainingConfig, device) -> str:
     if config.precision != "auto":
         return config.precision
-    from curation.device import resolve_dtype
+    from geocurate.device import resolve_dtype
     import torch
 
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(resolve_dtype("auto", device), "fp32")
@@ -288,7 +288,7 @@ def _run_trainer(*, stage, settings, config, export_dir, examples, val_examples,
     from peft import get_peft_model
     from transformers import Trainer, set_seed
 
-    from curation.device import resolve_device
+    from geocurate.device import resolve_device
     from training.data import AnswerOnlyCollator, ExampleDataset
     from training.model_family import family_for
 

@@ -273,17 +273,3 @@ def run_progress(run_id: int, settings: Settings) -> dict[str, Any]:
             raise UserError(f"run {run_id} does not exist")
         return {"status": run.status, "step": run.step, "error": run.error, "steps": list(run.params["steps"]),
                 "summary": batches.run_summary(session, run_id)}
-
-
-def wait_for_run(run_id: int, timeout: float, settings: Settings, poll: float = 0.5) -> dict[str, Any]:
-    """Block until the run is no longer running (or raise TimeoutError)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        state = run_progress(run_id, settings)
-        if state["status"] != "running":
-            return state
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"run {run_id} still at step {state['step']} after {timeout:.0f}s: {state['summary']}")
-        time.sleep(poll)

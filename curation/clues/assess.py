@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from curation.clues.gazetteer import Gazetteer
 from curation.clues.places import Place, places_in_doc
-from curation.countries import country_code, country_name
+from geocurate.countries import country_code, country_name
 
 ACCEPTED, REJECTED, REVIEW = "accepted", "rejected", "review"
 PIPE_BATCH_SIZE = 512

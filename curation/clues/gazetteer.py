@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from curation.countries import ALIASES, countries, normalise
+from geocurate.countries import ALIASES, countries, normalise
 
 VOCABULARY = Path(__file__).resolve().parent.parent / "data" / "place_vocabulary.json"
 BUILD_VERSION = "4"  # bump when the build rules below change: invalidates every cached gazetteer

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from curation.clues.assess import assess_clues
 from curation.clues.gazetteer import Gazetteer
-from curation.countries import country_code
+from geocurate.countries import country_code
 from db.limits import column_length, text_problem
 from db.models import Clue
 from db.clues import (

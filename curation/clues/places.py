@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 from curation.clues.gazetteer import Candidate, Gazetteer, applicable_candidates
-from curation.countries import city_point, country_code
+from geocurate.countries import city_point, country_code
 
 MODEL_LABELS = {"GPE", "LOC", "NORP"}
 DOMINANCE = 5.0  # a city resolves to its country when ≥ 5× as populous as any foreign namesake ("Paris": FR)
@@ -92,7 +92,7 @@ def _place_from_model(span, gazetteer: Gazetteer) -> Place:
         return Place(span.text, span.start_char, span.end_char, "country", (code,), code, source="model")
     point = city_point(span.text)
     if point:
-        from curation.countries import normalise
+        from geocurate.countries import normalise
 
         entries = gazetteer.entries.get(normalise(span.text), [])
         cities = [c for c in entries if c["kind"] == "city"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from curation.countries import country_name
+from geocurate.countries import country_name
 from curation.export.answers import evidence_sentence, json_scalar, json_string, location_line
 from curation.export.hashed_file import HashedWriter
 from curation.export.placement import ImagePlacer

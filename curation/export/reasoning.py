@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from curation.countries import country_name
+from geocurate.countries import country_name
 from curation.decisions import kept_for_reasoning
 from curation.export.answers import example_line
 from curation.export.hashed_file import HashedWriter

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 from sqlalchemy import Select, Table, and_, null
 from sqlalchemy.orm import Session, aliased
 
-from curation.countries import is_country_code
+from geocurate.countries import is_country_code
 from curation.decisions import decided_images
 from curation.export.duplicates import EmbeddingLookup, duplicates_in
 from curation.export.params import ExportParams

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from curation.device import resolve_device, resolve_dtype
+from geocurate.device import resolve_device, resolve_dtype
 from curation.locatability import NUM_CLASSES
 from curation.scoring import to_working_size
 from curation.segmenters.base import Segmentation, StageTimer, folder_digest, ratios_from_label_map

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from curation.clip import ClipModel, file_digest, load_clip
-from curation.device import resolve_device, resolve_dtype
+from geocurate.device import resolve_device, resolve_dtype
 from curation.locatability import NUM_CLASSES, short_name
 from curation.scoring import to_working_size
 from curation.segmenters.base import UNLABELED, Segmentation, StageTimer, folder_digest, ratios_from_label_map

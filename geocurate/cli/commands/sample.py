@@ -14,7 +14,7 @@ def sample(
     seed: int = typer.Option(0, "--seed", help="Same seed, byte-identical files."),
 ) -> None:
     """Draw a small street-scene sample set with coordinates, countries and clue texts, bad input included."""
-    from geocurate.sample_data import describe, generate_sample
+    from geocurate.cli.sample_data import describe, generate_sample
 
     result = generate_sample(out_dir, n_images=images, n_clues=clues, seed=seed)
     typer.echo(describe(result))

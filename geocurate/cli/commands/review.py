@@ -101,7 +101,7 @@ def decide(review_task_id: int = typer.Argument(..., help="Row id from `geocurat
            label: str = typer.Argument(..., help="locatable / not_locatable / unusable, or geo_clue / no_geo_clue."),
            country: str = typer.Option(None, help="Country (ISO code or English name) the reviewer recognised.")) -> None:
     """Record a decision from the local queue (teams reviewing without Label Studio)."""
-    from curation.countries import country_code
+    from geocurate.countries import country_code
     from db.engine import session_scope
     from db.models import ReviewTask
     from db.review import set_decision

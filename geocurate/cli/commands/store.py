@@ -37,7 +37,7 @@ def config_show() -> None:
 @config_app.command("docs")
 def config_docs() -> None:
     """Print the README's configuration table (generated from the settings class)."""
-    from geocurate.config_docs import settings_table
+    from geocurate.cli.config_docs import settings_table
 
     typer.echo(settings_table())
 

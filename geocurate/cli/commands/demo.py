@@ -36,11 +36,11 @@ def demo(
     """Generate a sample, run the whole pipeline with demo models, evaluate, and write the threshold report."""
     from rich.console import Console
 
-    from geocurate.commands import exports as export_commands
-    from geocurate.commands import pipeline as pipeline_commands
-    from geocurate.commands import training as training_commands
+    from geocurate.cli.commands import exports as export_commands
+    from geocurate.cli.commands import pipeline as pipeline_commands
+    from geocurate.cli.commands import training as training_commands
     from geocurate.masking import mask_url
-    from geocurate.sample_data import describe, generate_sample
+    from geocurate.cli.sample_data import describe, generate_sample
     from geocurate.settings import reload_settings
 
     started = time.perf_counter()

@@ -38,6 +38,6 @@ if __name__ == "__main__":
     import sys
 
     if "--write" in sys.argv:
-        write_readme(Path(__file__).resolve().parents[1] / "README.md")
+        write_readme(Path(__file__).resolve().parents[2] / "README.md")
     else:
         print(settings_table())

@@ -1,6 +1,6 @@
 """`geocurate worker` and `geocurate beat` subprocesses on this machine, for the worker tests and the bench scripts:
 started with their own environment (store, broker, queue prefix), waited for until ready, stopped gently or killed
-outright, whole or only a pool process."""
+outright, whole or only a pool process; and a wait for a run they work on. Test tooling, so it lives with the tests."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from geocurate.settings import Settings
+from workers.pipeline import run_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_MARK = " ready."
@@ -89,3 +93,15 @@ class LocalWorkers:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+
+
+def wait_for_run(run_id: int, timeout: float, settings: Settings, poll: float = 0.5) -> dict[str, Any]:
+    """Block until the run is no longer running (or raise TimeoutError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = run_progress(run_id, settings)
+        if state["status"] != "running":
+            return state
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id} still at step {state['step']} after {timeout:.0f}s: {state['summary']}")
+        time.sleep(poll)

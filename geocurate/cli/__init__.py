@@ -1,4 +1,4 @@
-"""The `geocurate` command line: thin commands over plain functions in the parts (see geocurate/commands/).
+"""The `geocurate` command line: thin commands over plain functions in the parts (see geocurate/cli/commands/).
 
 Heavy libraries (torch, open_clip, transformers) are imported inside commands, so `geocurate --help` stays fast.
 """
@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from geocurate.commands import (
+from geocurate.cli.commands import (
     clues, demo, exports, pipeline, quarantine, review, sample, scoring, store, training, workers,
 )
 
@@ -53,7 +53,3 @@ def _scrubbed_logging() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
     scrub_logs(root)
-
-
-if __name__ == "__main__":
-    main()
