@@ -54,6 +54,9 @@ class ScorerVersion(Base):
 
     version: Mapped[str] = mapped_column(String(32), primary_key=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The 150 class weights themselves (params holds only their digest, which is part of the version hash): kept so
+    # `versions list` can show what changed and a rescore can start from them. Null on versions registered before.
+    weights: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-30 20:36:59.458083
+Create Date: 2026-12-01 00:49:37.514763
 """
 from alembic import op
 import sqlalchemy as sa
@@ -108,6 +108,7 @@ def upgrade() -> None:
     op.create_table('scorer_versions',
     sa.Column('version', sa.String(length=32), nullable=False),
     sa.Column('params', sa.JSON(), nullable=False),
+    sa.Column('weights', sa.JSON(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('version')
     )
