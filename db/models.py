@@ -219,6 +219,11 @@ class TrainingRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Which export the adapters were trained for (its manifest name), the base model they sit on (hub id or absolute
+    # path) and the sha256 over the adapter folder's files: eval and predict refuse a folder that does not match.
+    export_name: Mapped[str | None] = mapped_column(Text)
+    base_model: Mapped[str | None] = mapped_column(Text)
+    adapter_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class Run(Base):

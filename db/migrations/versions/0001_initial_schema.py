@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-01 00:49:37.514763
+Create Date: 2026-12-01 00:50:33.805997
 """
 from alembic import op
 import sqlalchemy as sa
@@ -218,6 +218,9 @@ def upgrade() -> None:
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('export_name', sa.Text(), nullable=True),
+    sa.Column('base_model', sa.Text(), nullable=True),
+    sa.Column('adapter_sha256', sa.String(length=64), nullable=True),
     sa.ForeignKeyConstraint(['export_id'], ['exports.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id')
     )
