@@ -129,7 +129,11 @@ class ReviewTask(Base):
     ls_task_id: Mapped[int | None] = mapped_column(Integer, unique=True)
     reason: Mapped[str | None] = mapped_column(Text)
     priority: Mapped[float | None] = mapped_column(Float)  # closeness to the threshold; most uncertain first
-    state: Mapped[str] = mapped_column(String(20), default="pending", index=True)  # pending/done/conflicted
+    state: Mapped[str] = mapped_column(String(20), default="pending", index=True)  # pending/done/conflicted/retired
+    # the scorer version whose review band routed the item (None for clues); a pending task of another version
+    # than the current one is retired, and `retired_by` keeps the version that retired it
+    scorer_version: Mapped[str | None] = mapped_column(String(32))
+    retired_by: Mapped[str | None] = mapped_column(String(32))
     final_label: Mapped[str | None] = mapped_column(String(40))
     final_country: Mapped[str | None] = mapped_column(String(2))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -178,6 +182,8 @@ class Export(Base):
     content_hash: Mapped[str | None] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(20), default="building")  # building / done / failed
+    # what `geocurate run` selected for it (curation.export.plan): a second run with the same selection is a no-op
+    selection: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     builder: Mapped[str | None] = mapped_column(String(200))  # host:pid building it
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # renewed while it builds
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-01 00:50:33.805997
+Create Date: 2026-12-01 00:51:01.809760
 """
 from alembic import op
 import sqlalchemy as sa
@@ -36,6 +36,7 @@ def upgrade() -> None:
     sa.Column('content_hash', sa.String(length=64), nullable=True),
     sa.Column('path', sa.Text(), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
+    sa.Column('selection', sa.JSON(), nullable=True),
     sa.Column('builder', sa.String(length=200), nullable=True),
     sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
@@ -83,6 +84,8 @@ def upgrade() -> None:
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('priority', sa.Float(), nullable=True),
     sa.Column('state', sa.String(length=20), nullable=False),
+    sa.Column('scorer_version', sa.String(length=32), nullable=True),
+    sa.Column('retired_by', sa.String(length=32), nullable=True),
     sa.Column('final_label', sa.String(length=40), nullable=True),
     sa.Column('final_country', sa.String(length=2), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
