@@ -84,3 +84,36 @@ def test_a_right_city_in_the_wrong_country_is_not_a_city_hit():
     metrics = geo_metrics([row("US", "Paris", 33.66, -95.55, "FR", "Paris")])  # Paris, Texas
     assert metrics["city_accuracy"] == 0.0
     assert metrics["median_km"] > 7000
+
+
+def test_a_right_city_with_no_predicted_country_is_not_a_city_hit():
+    # The old rule let a missing country through (pred_code None counted as "not wrong"): Krakow alone was a hit.
+    metrics = geo_metrics([row("PL", "Krakow", 50.0614, 19.9366, None, "Krakow"),
+                           row("PL", "Krakow", 50.0614, 19.9366, "PL", "Krakow")])
+    assert metrics["city_accuracy"] == 0.5
+    assert metrics["country_accuracy"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "pred_code, pred_city, hit",
+    [
+        ("PL", "Krakow", True),
+        ("PL", "KRAKÓW", True),  # the name is normalised, the country must still match
+        (None, "Krakow", False),  # no country: the name alone places nothing
+        ("DE", "Krakow", False),
+        ("PL", None, False),
+        ("PL", "Warsaw", False),
+    ],
+)
+def test_city_hit_needs_the_right_city_in_the_right_country(pred_code, pred_city, hit):
+    from training.geo import city_hit
+
+    assert city_hit(row("PL", "Krakow", 50.06, 19.94, pred_code, pred_city)) is hit
+    assert geo_metrics([row("PL", "Krakow", 50.06, 19.94, pred_code, pred_city)])["city_accuracy"] == float(hit)
+
+
+def test_a_truth_without_a_country_is_judged_on_its_city_alone():
+    from training.geo import city_hit
+
+    assert city_hit(row(None, "Krakow", None, None, None, "Krakow")) is True
+    assert city_hit(row(None, "Krakow", None, None, "PL", "Warsaw")) is False

@@ -62,6 +62,16 @@ def same_city(predicted: str | None, truth: str | None) -> bool:
     return bool(predicted and truth) and normalise(predicted) == normalise(truth)
 
 
+def city_hit(row: dict[str, Any]) -> bool:
+    """The right city in the right country: a city name is only placed by its country (there are Londons in Canada
+    and Parises in Texas), so a right name with no predicted country, or with a wrong one, is a miss. Only a truth
+    that has no country itself is judged on the city alone."""
+    if not same_city(row.get("pred_city"), row.get("truth_city")):
+        return False
+    truth_code = row.get("truth_code")
+    return truth_code is None or row.get("pred_code") == truth_code
+
+
 def geo_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Metrics over rows of {truth_code, truth_city, truth_lat, truth_lon, pred_code, pred_city, parsed}.
 
@@ -84,11 +94,7 @@ def geo_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "n": n,
         "country_accuracy": share(sum(r.get("pred_code") == r["truth_code"] for r in with_country), len(with_country)),
-        "city_accuracy": share(
-            sum(r.get("pred_code") in (None, r.get("truth_code")) and same_city(r.get("pred_city"), r["truth_city"])
-                for r in with_city),
-            len(with_city),
-        ),
+        "city_accuracy": share(sum(city_hit(r) for r in with_city), len(with_city)),
         "within_km": {str(t): share(sum(d <= t for d in distances), len(distances)) for t in THRESHOLDS_KM},
         "median_km": round(statistics.median(distances), 2) if distances else None,
         "mean_geoguessr": round(statistics.fmean(geoguessr_score(d) for d in distances), 1) if distances else None,
