@@ -8,6 +8,7 @@ tasks, exports and the weight fit all take the class names and weights from here
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -29,6 +30,7 @@ REFERENCE_WEIGHTS: tuple[float, ...] = tuple(float(w) for w in _REFERENCE["weigh
 WORKED_EXAMPLE: dict = _REFERENCE["worked_example"]
 NUM_CLASSES = len(ADE20K_CLASSES)
 SHORT_NAMES: tuple[str, ...] = tuple(name.split(",")[0].strip() for name in ADE20K_CLASSES)
+SHORT_NAMES_LOWER: tuple[str, ...] = tuple(name.lower() for name in SHORT_NAMES)
 
 
 def short_name(class_index: int) -> str:
@@ -84,20 +86,82 @@ def locatability(class_ratios: Mapping[int | str, float], weights: Sequence[floa
 
 
 def load_weights(settings) -> list[float]:
-    """The weights a scorer uses: the file named by `class_weights_path` (a JSON list of 150 numbers, or an object
-    with a "weights" list such as the shipped reference file), else the paper's reference weights."""
+    """The weights a scorer uses: the file named by `class_weights_path` (see `weights_from_json`), else the
+    paper's reference weights."""
     path: Path | None = settings.class_weights_path
     if path is None:
         return list(REFERENCE_WEIGHTS)
+    return list(read_weights_file(path))
+
+
+def read_weights_file(path: Path | str) -> tuple[float, ...]:
+    """A weights file as 150 floats; ValueError naming the file and the problem."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"class weights file {path}: {exc}") from None
-    if isinstance(data, dict):
-        data = data.get("weights", [])
-    if not isinstance(data, list):
-        raise ValueError(f"class weights file {path}: expected a JSON list of {NUM_CLASSES} numbers")
-    return list(validate_weights(data, origin=f"class weights file {path}"))
+    return weights_from_json(data, origin=f"class weights file {path}")
+
+
+def _class_index() -> tuple[dict[str, int], dict[str, list[str]]]:
+    """Every name a curator may use for a class: the full ADE20K name ("road, route"), its first synonym ("road")
+    and any other synonym that names one class only ("route"). Returns that index and the synonyms shared by
+    several classes ("ground" -> the full names of its classes), which are refused as ambiguous."""
+    owners: dict[str, list[int]] = {}
+    for i, full in enumerate(ADE20K_CLASSES):
+        for synonym in dict.fromkeys(s.strip().lower() for s in full.split(",")):
+            owners.setdefault(synonym, []).append(i)
+    index = {name: classes[0] for name, classes in owners.items() if len(classes) == 1}
+    index.update({full.lower(): i for i, full in enumerate(ADE20K_CLASSES)})
+    index.update({name.lower(): i for i, name in enumerate(SHORT_NAMES)})
+    shared = {name: [ADE20K_CLASSES[i] for i in classes] for name, classes in owners.items()
+              if len(classes) > 1 and name not in index}
+    return index, shared
+
+
+CLASS_INDEX, AMBIGUOUS_NAMES = _class_index()
+
+
+def weights_from_json(data: object, origin: str = "class weights") -> tuple[float, ...]:
+    """Class weights from their JSON forms:
+    - an object by ADE20K class name, `{"road": 1.0, "sky": 0.02}`: the named classes get these weights, every
+      other class keeps the paper's reference weight, so a curator writes only what they change; names are matched
+      without case, by full name or synonym, and an unknown name is refused with the closest known ones;
+    - a list of 150 numbers in ADE20K order (what `geocurate thresholds fit-weights` writes);
+    - an object with a "weights" list (the shipped reference file)."""
+    if isinstance(data, dict) and isinstance(data.get("weights"), list):
+        data = data["weights"]
+    if isinstance(data, list):
+        return validate_weights(data, origin)
+    if not isinstance(data, dict):
+        raise ValueError(f"{origin}: expected a JSON object of weights by ADE20K class name "
+                         f"({{\"road\": 1.0, \"sky\": 0.02}}) or a list of {NUM_CLASSES} numbers")
+    weights = list(REFERENCE_WEIGHTS)
+    named: dict[int, str] = {}
+    for key, weight in data.items():
+        index = CLASS_INDEX.get(str(key).strip().lower())
+        if index is None and str(key).strip().lower() in AMBIGUOUS_NAMES:
+            classes = AMBIGUOUS_NAMES[str(key).strip().lower()]
+            raise ValueError(f"{origin}: {key!r} names {len(classes)} ADE20K classes "
+                             f"({'; '.join(repr(c) for c in classes)}): use the first name of the one you mean")
+        if index is None:
+            close = difflib.get_close_matches(str(key).strip().lower(), SHORT_NAMES_LOWER, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
+                "; class names are the ADE20K names (curation.locatability.SHORT_NAMES)"
+            raise ValueError(f"{origin}: unknown ADE20K class {key!r}{hint}")
+        if index in named:
+            raise ValueError(f"{origin}: {key!r} and {named[index]!r} name the same class ({short_name(index)})")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ValueError(f"{origin}: weight of {key!r} is {weight!r}, not a finite number")
+        named[index] = str(key)
+        weights[index] = float(weight)
+    return tuple(weights)
+
+
+def changed_classes(weights: Sequence[float], reference: Sequence[float] = REFERENCE_WEIGHTS) -> dict[str, float]:
+    """{short name: weight} of the classes whose weight differs from the reference: how `versions list` shows a
+    version's weights in a line."""
+    return {SHORT_NAMES[i]: float(w) for i, (w, r) in enumerate(zip(weights, reference)) if float(w) != float(r)}
 
 
 def weights_digest(weights: Sequence[float]) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from curation.decisions import DecisionRule
 from curation.embeddings import store_embeddings
 from curation.files import local_path
 from curation.locatability import validate_weights, weights_digest
@@ -28,6 +29,7 @@ from db.scores import (
     scored_image_ids,
     scorer_params,
     scorer_versions,
+    scorer_weights,
     unscored_image_ids,
 )
 
@@ -82,7 +84,7 @@ def score_images(session: Session, scorer: Scorer, image_ids: Sequence[int]) -> 
         summary.quarantined = len(bad_ids)
     if not images:
         return summary
-    register_scorer_version(session, scorer.version, scorer.params)
+    register_scorer_version(session, scorer.version, scorer.params, scorer.weights)
     try:
         results = scorer.score(images)
     except Exception:  # noqa: BLE001 - which image broke it, if one did, is found below
@@ -131,7 +133,7 @@ def carry_over_scores(session: Session, scorer_version: str, params: dict[str, A
     checked = validate_weights(list(weights))
     if weights_digest(checked) != params["weights"]:
         raise ValueError(f"these weights are not the ones of scorer {scorer_version}")
-    register_scorer_version(session, scorer_version, params)
+    register_scorer_version(session, scorer_version, params, checked)
     low, high = params["review_band"]
     added = 0
     for version, other in scorer_versions(session):
@@ -144,13 +146,15 @@ def _segmentation(params: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in params.items() if key not in APPLIED_TO_RATIOS}
 
 
-def rescore_from_ratios(session: Session, weights: Sequence[float], scorer_version_from: str,
+def rescore_from_ratios(session: Session, weights: Sequence[float] | None, scorer_version_from: str,
                         threshold: float | None = None, review_band: tuple[float, float] | None = None,
                         parallel: int = 1) -> RescoreSummary:
     """New score rows for every image scored under `scorer_version_from`, computed from its stored class ratios with
     new weights (and optionally a new threshold / review band) inside the database. No model is loaded. The new
     version is the old one's parameters with the weights and decision rule replaced: the same version a model run
-    with those weights would get, since its rows would be the same.
+    with those weights would get, since its rows would be the same. It stores its threshold, band and weights, so
+    routing, review tasks, reports and exports of it apply them whatever the environment says. `weights` None keeps
+    the source version's (ValueError when it was registered without them).
 
     `parallel` > 1 (PostgreSQL) splits the image ids into that many ranges, each inserted on its own connection and
     committed on its own: the server then uses as many cores. A failure leaves whole ranges done; re-running
@@ -158,18 +162,37 @@ def rescore_from_ratios(session: Session, weights: Sequence[float], scorer_versi
     params: dict[str, Any] | None = scorer_params(session, scorer_version_from)
     if params is None:
         raise ValueError(f"unknown scorer version {scorer_version_from!r}: nothing was scored under it")
+    if weights is None:
+        weights = scorer_weights(session, scorer_version_from)
+        if weights is None:
+            raise ValueError(f"scorer version {scorer_version_from} was registered without its weights: "
+                             "give them with --weights FILE")
     checked = validate_weights(list(weights))
     low, high = review_band if review_band is not None else params["review_band"]
     threshold = params["threshold"] if threshold is None else threshold
-    new_params = {**params, "weights": weights_digest(checked), "threshold": threshold, "review_band": [low, high]}
+    rule = DecisionRule(threshold, low, high)  # validates: values in [0, 1], low <= high
+    new_params = {**params, "weights": weights_digest(checked), **rule.as_params()}
     new_version = version_of(new_params)
-    register_scorer_version(session, new_version, new_params)
-    arguments = (scorer_version_from, new_version, checked, threshold, low, high)
+    register_scorer_version(session, new_version, new_params, checked)
+    arguments = (scorer_version_from, new_version, checked, rule.threshold, rule.review_low, rule.review_high)
     if parallel <= 1 or session.get_bind().dialect.name != "postgresql":
         return RescoreSummary(new_version, insert_rescored(session, *arguments))
     session.commit()  # the version row first, visible to every range's connection
     return RescoreSummary(new_version, _parallel_rescore(session.get_bind(), arguments,
                                                          image_id_ranges(session, scorer_version_from, parallel)))
+
+
+def current_version(session: Session, segmenter: str, rule: DecisionRule, weights: Sequence[float]) -> str | None:
+    """The newest registered version that scores the way the present settings would: same segmenter route, same
+    weights, same threshold and band. Found from stored parameters, without loading a model, so `versions list`
+    and `export` can name it; the models themselves are compared when `score` runs (it adds a new version when
+    they changed)."""
+    digest = weights_digest(validate_weights(list(weights)))
+    for version, params in scorer_versions(session):
+        if params.get("segmenter") == segmenter and params.get("weights") == digest \
+                and DecisionRule.from_params(params) == rule:
+            return version
+    return None
 
 
 def _parallel_rescore(bind, arguments: tuple, ranges: list[tuple[int, int]]) -> int:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, bindparam, func, select, text
+from sqlalchemy import DateTime, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import Image, Score, ScorerVersion, utcnow
@@ -20,9 +21,31 @@ def add_scores(session: Session, rows: Iterable[dict[str, Any]]) -> int:
     )
 
 
-def register_scorer_version(session: Session, version: str, params: dict[str, Any]) -> None:
-    insert_ignore(session, ScorerVersion.__table__, [dict(version=version, params=params, created_at=utcnow())],
-                  conflict=["version"])
+def register_scorer_version(session: Session, version: str, params: dict[str, Any],
+                            weights: Sequence[float] | None = None) -> None:
+    """Record what `version` stands for, once; the weights themselves fill a row registered without them."""
+    values = [float(w) for w in weights] if weights is not None else None
+    insert_ignore(session, ScorerVersion.__table__,
+                  [dict(version=version, params=params, weights=values, created_at=utcnow())], conflict=["version"])
+    if values is not None:
+        session.execute(update(ScorerVersion).where(ScorerVersion.version == version, ScorerVersion.weights.is_(None))
+                        .values(weights=values))
+
+
+def scorer_weights(session: Session, version: str) -> list[float] | None:
+    """The 150 class weights stored with a version (None for versions registered without them)."""
+    return session.scalar(select(ScorerVersion.weights).where(ScorerVersion.version == version))
+
+
+def version_table(session: Session) -> list[tuple[str, datetime, dict[str, Any], list[float] | None, int]]:
+    """(version, created_at, params, weights, number of score rows) of every registered version, newest first;
+    versions whose scores were written without registration come last with empty params."""
+    counts = dict(session.execute(select(Score.scorer_version, func.count()).group_by(Score.scorer_version)).tuples())
+    rows = session.execute(select(ScorerVersion.version, ScorerVersion.created_at, ScorerVersion.params,
+                                  ScorerVersion.weights)
+                           .order_by(ScorerVersion.created_at.desc(), ScorerVersion.version)).tuples().all()
+    table = [(v, created, params, weights, counts.pop(v, 0)) for v, created, params, weights in rows]
+    return table + [(v, None, {}, None, n) for v, n in sorted(counts.items())]
 
 
 def scorer_params(session: Session, version: str) -> dict[str, Any] | None:

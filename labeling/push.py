@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from db.engine import session_scope
 from db.models import Clue, Image, ReviewTask, Score
+from curation.decisions import rule_of
 from curation.files import local_path
 from curation.locatability import top_classes
 from db.quarantine import quarantine
@@ -100,12 +101,38 @@ def _latest_scores(session: Session, image_ids: list[int]) -> dict[int, Score]:
     return latest
 
 
+def _routed_scores(session: Session, rows: list[ReviewTask]) -> dict[int, Score]:
+    """Each image's score under the version that routed its task (the newest score where the task does not say):
+    the task must show the score and threshold of the version whose band sent it to review."""
+    scores = _latest_scores(session, [r.item_id for r in rows])
+    by_version: dict[str, list[int]] = {}
+    for row in rows:
+        version = getattr(row, "scorer_version", None)
+        if version and (row.item_id not in scores or scores[row.item_id].scorer_version != version):
+            by_version.setdefault(version, []).append(row.item_id)
+    for version, ids in by_version.items():
+        for score in session.scalars(select(Score).where(Score.scorer_version == version, Score.image_id.in_(ids))):
+            scores[score.image_id] = score
+    return scores
+
+
+def _threshold_of(session: Session, version: str, settings: Settings, cache: dict[str, float]) -> float:
+    """The keep threshold stored with `version`; the settings' for a version that recorded none."""
+    if version not in cache:
+        try:
+            cache[version] = rule_of(session, version).threshold
+        except LookupError:
+            cache[version] = settings.threshold
+    return cache[version]
+
+
 def image_tasks(session: Session, rows: list[ReviewTask], settings: Settings) -> tuple[list[dict], list[tuple[ReviewTask, str]]]:
     """Label Studio tasks for image review rows, and the rows that cannot be shown with the reason."""
     interface = interface_for("image")
     ids = [r.item_id for r in rows]
     images = {i.id: i for i in session.scalars(select(Image).where(Image.id.in_(ids)))}
-    scores = _latest_scores(session, ids)
+    scores = _routed_scores(session, rows)
+    thresholds: dict[str, float] = {}
     tasks, bad = [], []
     for row in rows:
         image, score = images.get(row.item_id), scores.get(row.item_id)
@@ -117,7 +144,8 @@ def image_tasks(session: Session, rows: list[ReviewTask], settings: Settings) ->
         except ValueError as exc:
             bad.append((row, str(exc)))
             continue
-        machine_label = "locatable" if score.locatability >= settings.threshold else "not_locatable"
+        threshold = _threshold_of(session, score.scorer_version, settings, thresholds)
+        machine_label = "locatable" if score.locatability >= threshold else "not_locatable"
         result = [interface.choice_result(machine_label)]
         if image.country_code:
             result.append(interface.country_result(image.country_code))
@@ -126,7 +154,7 @@ def image_tasks(session: Session, rows: list[ReviewTask], settings: Settings) ->
                 "image": url,
                 "geocurate_id": geocurate_id("image", image.id),
                 "sha256": image.sha256,
-                "machine_score": f"machine locatability {score.locatability:.3f} (kept at ≥ {settings.threshold}); "
+                "machine_score": f"machine locatability {score.locatability:.3f} (kept at ≥ {threshold:g}); "
                                  f"metadata country: {image.country_code or 'unknown'}",
                 "top_classes": top_classes_text(score.class_ratios),
             },

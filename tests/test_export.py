@@ -387,12 +387,15 @@ def test_a_city_name_at_the_column_limit_exports(store_url):
 def test_params_come_from_settings_and_are_checked():
     settings = get_settings()
     params = ExportParams.from_settings(settings, "p", split="0.5/0.25/0.25", dedup=False)
-    assert (params.threshold, params.out_dir, params.images, params.h3_resolution) == (
-        settings.threshold, settings.export_dir, settings.export_images, settings.h3_resolution)
+    # the threshold and band are the scorer version's, resolved when the build starts, never the environment's
+    assert (params.threshold, params.review_band, params.pending) == (None, None, "exclude")
+    assert (params.out_dir, params.images, params.h3_resolution) == (
+        settings.export_dir, settings.export_images, settings.h3_resolution)
     assert params.split == (0.5, 0.25, 0.25) and params.dedup_similarity is None
     assert params.clip.clip_model == settings.clip_model and params.lease_seconds == settings.lease_seconds
     for bad, message in (({"name": ".hidden"}, "export name"), ({"threshold": 1.5}, "threshold"),
-                         ({"images": "hardlink"}, "images must be link or copy"), ({"split": "1/1/1"}, "split")):
+                         ({"images": "hardlink"}, "images must be link or copy"), ({"split": "1/1/1"}, "split"),
+                         ({"pending": "wait"}, "pending must be one of exclude, score")):
         with pytest.raises(UserError, match=message):
             ExportParams.from_settings(settings, **{"name": "ok", **bad})
 

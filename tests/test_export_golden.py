@@ -21,13 +21,13 @@ from geocurate.settings import get_settings
 from tests.test_export import EMBEDDING_VERSION, seed_store, sha
 
 # manifest.json's `content_hash`; the same on SQLite and PostgreSQL
-LINKED_HASH = "b106294e244b11cefd89379e6ad514e36d13a28f213d03ebfab6bbe58843d8e3"
-COPIED_HASH = "3d35fd56cbe985ed6277eb13b93f62de334c72ffefb47e2ada8ad707495daaca"
+LINKED_HASH = "a606b23a78c4e2730b0f44ff2c4f80346c2357d1fc4fbee1ab28ace50ae15db9"
+COPIED_HASH = "b585a861e584a6a4b5905015a652d2989bab85fca440967ea6417d3444496ac0"
 # sha256 of: the manifest without its creation time, every symlink's target (or copy's bytes), the export's items
-LINKED_DIGESTS = {"manifest": "d18d3e74aa783aa80510d90e9bdae7513f0354d13facd69c7f29074b53dca31c",
+LINKED_DIGESTS = {"manifest": "93ab6276076c9390fa4fc365d529656e14cf20913db60d705abd6ad34e6af877",
                   "links": "c310c3ab5d64129fd87b7e3036104682667740968f38ff15ba3ffa764047fa97",
                   "items": "b61b5a4f3ef362916a1c151bd85c970086141f7f5bc74d26a7aff3b34c7cd703"}
-COPIED_DIGESTS = {"manifest": "b0348778391cafde9ec3e052a3da78d6aa135c16c03f23963cc42f7c5ced6152",
+COPIED_DIGESTS = {"manifest": "ed070598a39a52484ff01773a0b224f42744a835feaac1a8083d3ac12a623e94",
                   "copies": "0a5005b0f50211475db195a720b339d5135e2c3187c67562f6fcd46aeef982a6",
                   "items": "0e32c5e94c75d81f48f786dfc02df10c02d9c79796f09df7a7ce8c2c2e35d053"}
 

@@ -22,7 +22,7 @@ from curation.export.manifest import freeze, write_manifest
 from curation.export.params import ExportParams
 from curation.export.placement import IMAGES_LISTING, ImagePlacer
 from curation.export.reasoning import write_reasoning
-from curation.export.selection import deal_places, places
+from curation.export.selection import deal_places, pending_summary, places
 from db import exports as store
 from db.engine import session_scope
 from geocurate.errors import UserError
@@ -46,11 +46,7 @@ def build_export(params: ExportParams, url: str) -> ExportResult:
     if final_path.exists():
         raise UserError(f"{final_path} already exists; exports are never overwritten, choose a new name")
     with session_scope(url) as session:
-        if params.scorer_version is None:
-            latest = store.latest_scorer_version(session)
-            if not latest:
-                raise UserError("the store has no scores yet; run `geocurate score` first")
-            params = params.with_scorer_version(latest)
+        params = params.resolved(session)  # scorer version, and its threshold and review band
         export_id, builder = guard.claim(session, params, final_path)
 
     partial = params.out_dir / f".{params.name}.partial"
@@ -113,6 +109,7 @@ def _write(session: Session, export_id: int, params: ExportParams, root: Path) -
         "removed_duplicates": location.removed,
         "places": {s: location.places[s] for s in SPLITS},
         "per_country": {s: dict(sorted(location.per_country[s].items())) for s in SPLITS},
+        "pending_review": pending_summary(params, session),
     }
     content_hash = write_manifest(root, params.name, params.hashed(), counts, files, params.images, placer.placed)
     store.finish_export(session, export_id, counts, content_hash)

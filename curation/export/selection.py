@@ -21,7 +21,7 @@ from sqlalchemy import Select, Table, and_, null
 from sqlalchemy.orm import Session, aliased
 
 from geocurate.countries import is_country_code
-from curation.decisions import decided_images
+from curation.decisions import decided_images, pending_images
 from curation.export.duplicates import EmbeddingLookup, duplicates_in
 from curation.export.params import ExportParams
 from curation.splits import assign_groups, group_key
@@ -90,7 +90,8 @@ def deal_places(session: Session, params: ExportParams, groups: Table,
     known_country: dict[str | None, bool] = {}
     city_places: dict[tuple[str | None, str], str | None] = {}
     h3_resolution = params.h3_resolution
-    kept = decided_images(params.scorer_version, params.threshold, Image.uri, lean=True)
+    kept = decided_images(params.scorer_version, params.threshold, Image.uri, lean=True,
+                          exclude_pending=params.excluded_band)
 
     def keyed_rows() -> Iterator[tuple[int, str | None]]:
         for image in named_rows(session, kept, LocatedImage):
@@ -126,10 +127,12 @@ def places(session: Session, params: ExportParams, groups: Table, split_of: dict
     columns = [groups.c.group_key.label("place")]
     if lookup is not None:
         stored = aliased(ImageEmbedding, name="stored_embedding")
-        ordered = decided_images(params.scorer_version, params.threshold, *columns, stored.vector).outerjoin(
+        ordered = decided_images(params.scorer_version, params.threshold, *columns, stored.vector,
+                                 exclude_pending=params.excluded_band).outerjoin(
             stored, and_(stored.image_id == Image.id, stored.model_version == lookup.version))
     else:
-        ordered = decided_images(params.scorer_version, params.threshold, *columns, null().label("vector"))
+        ordered = decided_images(params.scorer_version, params.threshold, *columns, null().label("vector"),
+                                 exclude_pending=params.excluded_band)
     ordered = ordered.join(groups, groups.c.image_id == Image.id).order_by(groups.c.group_key, Image.sha256)
 
     def resolved(batch: list[tuple[str, list[KeptImage]]]) -> list[Place]:
@@ -147,3 +150,23 @@ def places(session: Session, params: ExportParams, groups: Table, split_of: dict
             batch, batch_rows = [], 0
     if batch:
         yield resolved(batch)
+
+
+def pending_summary(params: ExportParams, session: Session) -> dict[str, Any]:
+    """What the manifest says about images still waiting for review in the version's band (with a location, the
+    ones the location stage could use): how many, and what the policy did with them. `left_out` are not in the
+    export; `kept_by_score` went in on their score alone."""
+    summary: dict[str, Any] = {"policy": params.pending,
+                               "review_band": list(params.review_band) if params.review_band else None,
+                               "pending": 0, "left_out": 0, "kept_by_score": 0, "dropped_by_score": 0}
+    if params.review_band is None:
+        return summary
+    pending, above = session.execute(pending_images(params.scorer_version, params.review_band,
+                                                    params.threshold)).one()
+    pending, above = int(pending or 0), int(above or 0)
+    summary["pending"] = pending
+    if params.pending == "exclude":
+        summary["left_out"] = pending
+    else:
+        summary["kept_by_score"], summary["dropped_by_score"] = above, pending - above
+    return summary
