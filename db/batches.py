@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Batch, Run, TaskFailure, utcnow
+from db.models import Batch, Run, TaskFailure, TrainingRun, utcnow
 from db.upsert import insert_ignore
 
 OPEN = ("queued", "claimed")
@@ -299,3 +299,23 @@ def _flatten(result: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, An
             yield from _flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+def list_runs(session: Session, limit: int | None = None) -> list[Run]:
+    """Pipeline and training submissions, newest first (`geocurate runs list`)."""
+    stmt = select(Run).order_by(Run.id.desc())
+    return list(session.scalars(stmt.limit(limit) if limit else stmt))
+
+
+def latest_done_training(session: Session, export_id: int, stage: str) -> TrainingRun | None:
+    """The newest finished training of `stage` on an export: a pipeline run on an unchanged export skips it."""
+    return session.scalars(
+        select(TrainingRun).where(TrainingRun.export_id == export_id, TrainingRun.stage == stage,
+                                  TrainingRun.status == "done").order_by(TrainingRun.id.desc()).limit(1)
+    ).first()
+
+
+def list_training_runs(session: Session, limit: int | None = None) -> list[TrainingRun]:
+    """Training stages and evaluations, newest first (`geocurate runs list`)."""
+    stmt = select(TrainingRun).order_by(TrainingRun.id.desc())
+    return list(session.scalars(stmt.limit(limit) if limit else stmt))

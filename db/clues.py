@@ -88,6 +88,15 @@ def clues_needing_pairs(session: Session) -> list[tuple[int, str, str]]:
     return [tuple(row) for row in rows]
 
 
+def accepted_clues_without_country(session: Session) -> list[int]:
+    """Ids of usable clues with no image and no pair that have no country either: pairing has nowhere to look."""
+    paired = select(CluePair.clue_id)
+    return list(session.scalars(
+        select(Clue.id).where(Clue.status.in_(USABLE_STATUSES), Clue.country.is_(None), Clue.image_id.is_(None),
+                              Clue.id.not_in(paired)).order_by(Clue.id)
+    ))
+
+
 def pairable_images(session: Session, countries: Iterable[str]) -> dict[str, list[int]]:
     """Stored, non-quarantined image ids per country code."""
     codes = sorted(set(countries))

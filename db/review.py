@@ -31,10 +31,60 @@ class AnnotationRecord:
 
 
 def add_review_tasks(session: Session, rows: Iterable[dict[str, Any]]) -> int:
-    """Queue items for review; an item already queued keeps its row (and its Label Studio task). Returns new rows."""
+    """Queue items for review; an item already queued keeps its row (and its Label Studio task), and an item whose
+    task was retired without a human answer is queued again (`reopen_retired`). Returns rows queued."""
     now = utcnow()
+    rows = list(rows)
     prepared = ({"state": "pending", "created_at": now, "updated_at": now, **row} for row in rows)
-    return insert_ignore(session, ReviewTask.__table__, prepared, conflict=["item_kind", "item_id"])
+    added = insert_ignore(session, ReviewTask.__table__, prepared, conflict=["item_kind", "item_id"])
+    return added + reopen_retired(session, rows)
+
+
+def reopen_retired(session: Session, rows: Sequence[dict[str, Any]]) -> int:
+    """Rows routed again whose stored task was retired with no annotation (its Label Studio task was deleted) go
+    back to the queue under the new routing (version, reason, priority), so an image in the new band is reviewed
+    once more. A retired task with annotations stays as it is: its human answer decides the image."""
+    wanted = {(row["item_kind"], row["item_id"]): row for row in rows}
+    if not wanted:
+        return 0
+    reopened = 0
+    annotated = select(Annotation.id).where(Annotation.review_task_id == ReviewTask.id).exists()
+    for kind in {kind for kind, _ in wanted}:
+        ids = [item for k, item in wanted if k == kind]
+        for start in range(0, len(ids), 1000):
+            for task in session.scalars(select(ReviewTask).where(
+                    ReviewTask.item_kind == kind, ReviewTask.item_id.in_(ids[start:start + 1000]),
+                    ReviewTask.state == "retired", ~annotated)):
+                row = wanted[(kind, task.item_id)]
+                task.state, task.ls_task_id, task.ls_project_id = "pending", None, None
+                task.scorer_version, task.retired_by = row.get("scorer_version"), None
+                task.reason, task.priority, task.updated_at = row.get("reason"), row.get("priority"), utcnow()
+                task.final_label = task.final_country = None
+                reopened += 1
+    session.flush()
+    return reopened
+
+
+def stale_tasks(session: Session, current_version: str) -> list[ReviewTask]:
+    """Pending image tasks routed under another scorer version than `current_version`: their band is not the
+    current one, so they are retired (labeling.retire). Tasks with a human decision are not stale: the answer
+    stands whatever version routed the image."""
+    return list(session.scalars(
+        select(ReviewTask).where(ReviewTask.item_kind == "image", ReviewTask.state == "pending",
+                                 ReviewTask.scorer_version.is_not(None),
+                                 ReviewTask.scorer_version != current_version)
+        .order_by(ReviewTask.id)
+    ))
+
+
+def retire(session: Session, task: ReviewTask, by_version: str, note: str, keep_ls_task: bool) -> None:
+    """Close a stale task in the store: state `retired`, the version that retired it, and why (appended to the
+    reason). `keep_ls_task` False forgets its Label Studio id (the task was deleted there, and Label Studio on
+    SQLite reuses the ids of deleted tasks)."""
+    task.state, task.retired_by, task.updated_at = "retired", by_version, utcnow()
+    task.reason = f"{task.reason or ''} [retired by scorer {by_version}: {note}]".strip()[:4000]
+    if not keep_ls_task:
+        task.ls_task_id = task.ls_project_id = None
 
 
 def unpushed(session: Session, item_kind: str, limit: int | None = None) -> list[ReviewTask]:

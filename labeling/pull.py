@@ -40,6 +40,7 @@ class PullSummary:
     done: int = 0
     conflicted: int = 0
     pending: int = 0
+    retired: int = 0  # tasks retired under an older scorer version, still undecided (their answers kept)
     unchanged: int = 0  # tasks whose annotations and decision were already in the store (no write)
     unknown: int = 0  # tasks without a geocurate id or whose item is not in this store
     quarantined: int = 0  # annotations with a country nobody knows (kept, country left empty)
@@ -87,6 +88,18 @@ def resolve(labels: Sequence[tuple[str | None, str | None]], overlap: int) -> tu
     return "done", label, country
 
 
+def decision(labels: Sequence[tuple[str | None, str | None]], retired_by: str | None,
+             settings: Settings) -> tuple[str, str | None, str | None]:
+    """`resolve` under the project's overlap; a task retired under an older scorer version (labeling.retire) gets
+    no further answers, so the answers it has decide it (majority of those), and without a decision it stays
+    `retired` rather than going back to the open queue."""
+    state, label, country = resolve(labels, settings.review_overlap)
+    if retired_by is None or state == "done":
+        return state, label, country
+    state, label, country = resolve(labels, 1)
+    return (state, label, country) if state == "done" else ("retired", None, None)
+
+
 def sync_task(session_url: str, task: Any, settings: Settings, summary: PullSummary) -> None:
     """Make the store match one Label Studio task (one transaction)."""
     parsed = _parse_id(task)
@@ -107,7 +120,7 @@ def sync_task(session_url: str, task: Any, settings: Settings, summary: PullSumm
         if review_task.ls_task_id is None:
             review_task.ls_task_id = task.id  # pushed by a run that died before it could record the id
         records: list[AnnotationRecord] = []
-        for annotation in _answers(task):  # a skipped task (was_cancelled) is not an answer
+        for annotation in answers_of(task):  # a skipped task (was_cancelled) is not an answer
             label, country_text = interface.read_result(annotation.get("result") or [])
             country = country_code(country_text) if country_text else None
             if country_text and country is None:
@@ -120,7 +133,7 @@ def sync_task(session_url: str, task: Any, settings: Settings, summary: PullSumm
                 annotator=annotator_of(annotation), lead_time=annotation.get("lead_time"), payload=annotation,
             ))
         summary.deleted += replace_annotations(session, review_task.id, records)
-        state, label, country = resolve([(r.label, r.country) for r in records], settings.review_overlap)
+        state, label, country = decision([(r.label, r.country) for r in records], review_task.retired_by, settings)
         summary.changed += set_decision(session, review_task, state, label, country)
     summary.tasks += 1
     summary.annotations += len(records)
@@ -132,7 +145,7 @@ def _parse_id(task: Any) -> tuple[str, int] | None:
     return (kind, int(item)) if kind in INTERFACES and item.isdigit() else None
 
 
-def _answers(task: Any) -> list[dict[str, Any]]:
+def answers_of(task: Any) -> list[dict[str, Any]]:
     return [a for a in map(_plain, task.annotations or []) if not a.get("was_cancelled")]
 
 
@@ -151,16 +164,16 @@ def unchanged_tasks(session_url: str, page: list[Any], settings: Settings) -> di
                 task = tasks[item_id]
                 if review_task.ls_task_id != task.id:
                     continue
-                remote = sorted((int(a["id"]), a.get("updated_at")) for a in _answers(task))
+                remote = sorted((int(a["id"]), a.get("updated_at")) for a in answers_of(task))
                 local = sorted((a.ls_annotation_id, (a.payload or {}).get("updated_at")) for a in stored)
-                decision = resolve([(a.label, a.country) for a in stored], settings.review_overlap)
-                if remote == local and decision == (review_task.state, review_task.final_label,
+                resolved = decision([(a.label, a.country) for a in stored], review_task.retired_by, settings)
+                if remote == local and resolved == (review_task.state, review_task.final_label,
                                                     review_task.final_country):
                     unchanged[task.id] = review_task.state
     return unchanged
 
 
-def _get_task(client: "LabelStudio", task_id: int, settings: Settings) -> Any | None:
+def get_task(client: "LabelStudio", task_id: int, settings: Settings) -> Any | None:
     from label_studio_sdk.core.api_error import ApiError
 
     try:
@@ -178,7 +191,7 @@ def pull_annotations(session_url: str, task_ids: Iterable[int] | None = None, *,
     summary = PullSummary()
     if task_ids is not None:
         for task_id in task_ids:
-            task = call(f"get task {task_id}", lambda: _get_task(client, task_id, settings), settings)
+            task = call(f"get task {task_id}", lambda: get_task(client, task_id, settings), settings)
             if task is None:
                 log.warning("Label Studio task %s no longer exists; its store row is left as it is", task_id)
                 summary.unknown += 1
@@ -196,7 +209,7 @@ def pull_annotations(session_url: str, task_ids: Iterable[int] | None = None, *,
                     summary.tasks += 1
                     summary.unchanged += 1
                     summary.add(unchanged[task.id])
-                    summary.annotations += len(_answers(task))
+                    summary.annotations += len(answers_of(task))
                 else:
                     sync_task(session_url, task, settings, summary)
     return summary

@@ -273,3 +273,66 @@ def run_progress(run_id: int, settings: Settings) -> dict[str, Any]:
             raise UserError(f"run {run_id} does not exist")
         return {"status": run.status, "step": run.step, "error": run.error, "steps": list(run.params["steps"]),
                 "summary": batches.run_summary(session, run_id)}
+
+
+def run_outcome(run_id: int, settings: Settings) -> dict[str, Any]:
+    """What a finished run changed, in words: `changes` (empty when the run found nothing to do), `facts` (the
+    state it left, for the "nothing to do" line) and `notes` (what the curator may want to act on). Read from the
+    batches' stored results, so it is right for a run done on workers too."""
+    with session_scope(settings.database_url) as session:
+        summary = batches.run_summary(session, run_id)
+        results = {step: batches.step_results(session, run_id, step) for step in summary}
+    totals = {step: entry["totals"] for step, entry in summary.items()}
+    changes: list[str] = []
+    facts: list[str] = []
+    notes: list[str] = []
+
+    def count(step: str, *keys: str) -> int:
+        return int(sum(totals.get(step, {}).get(key, 0) for key in keys))
+
+    added, duplicates = count("ingest", "added"), count("ingest", "duplicates")
+    new_clues = count("ingest", "clues.accepted", "clues.rejected", "clues.review")
+    if added:
+        changes.append(f"{added} new image(s)")
+    if new_clues:
+        changes.append(f"{new_clues} new clue(s)")
+    if "ingest" in summary and not added:
+        facts.append(f"no new images ({duplicates} already stored)")
+    scored, carried, pairs = count("score", "scored"), count("score", "carried_over"), count("score", "pairs")
+    version = next((r["scorer_version"] for r in results.get("score", []) if "carried_over" in r), None)
+    if scored:
+        changes.append(f"{scored} image(s) scored")
+    if carried:
+        changes.append(f"{carried} score(s) carried over to scorer {version}")
+    if pairs:
+        changes.append(f"{pairs} clue pair(s) added")
+    if version and not scored and not carried:
+        facts.append(f"every image already scored under scorer {version}")
+    for result in results.get("score", []):
+        if result.get("pairs_note"):
+            notes.append(f"clue pairing added nothing: {result['pairs_note']}")
+        if result.get("unscored_other_models"):
+            notes.append(f"{result['unscored_other_models']} image(s) were segmented by other models; "
+                         f"`geocurate score` scores them under scorer {result['scorer_version']}")
+    routed, retired = count("route", "routed"), count("route", "retired")
+    if routed:
+        changes.append(f"{routed} item(s) queued for review")
+    if retired:
+        kept = count("route", "retired_kept_annotated")
+        changes.append(f"{retired} stale review task(s) retired"
+                       + (f" ({kept} annotated, kept in Label Studio)" if kept else ""))
+    if "route" in summary and not routed and not retired:
+        facts.append("review queue current")
+    for result in results.get("export", []):
+        if result.get("unchanged"):
+            facts.append(f"export {result['export']} unchanged (content hash {result.get('content_hash', '')[:12]})")
+        elif result.get("export"):
+            changes.append(f"export {result['export']} built")
+    for step in summary:
+        if step.startswith("train:"):
+            for result in results[step]:
+                if result.get("already_trained"):
+                    facts.append(f"{step} already done (training run {result.get('training_run')})")
+                else:
+                    changes.append(f"{step} trained")
+    return {"changes": changes, "facts": facts, "notes": notes}

@@ -103,22 +103,34 @@ def work_ingest(session: Session, claim: Claim, params: dict[str, Any], settings
 # --- score -----------------------------------------------------------------------------------------------------------
 
 def plan_score(session: Session, run_id: int, params: dict[str, Any], settings: Settings) -> Payloads:
+    """New images in batches; clue pairing when the run brought clues or accepted clues wait for a pair (one
+    accepted in review since the last run); and always one `converge` batch, which learns the current scorer
+    version (it needs the models' identities, so it runs where the models are) and carries stored scores over to
+    it, so that every run's routing and export cover every image under the current version."""
+    from db.clues import clues_needing_pairs, unlinked_image_refs
     from db.images import ingested_image_ids
 
     payloads: Payloads = [{"image_ids": ids} for ids in chunks(ingested_image_ids(session), settings.batch_size)]
-    if params.get("clues"):
+    if params.get("clues") or clues_needing_pairs(session) or unlinked_image_refs(session):
         payloads.append({"pair_clues": True})
+    payloads.append({"converge": True})
     return payloads
 
 
 def work_score(session: Session, claim: Claim, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     if claim.payload.get("pair_clues"):
         from curation.clip import load_clip
-        from curation.pairing import pair_clues
+        from curation.pairing import pair_clues_explained
 
-        pairs = pair_clues(session, load_clip(settings), settings.pairing_top_k, settings.pairing_min_similarity,
-                           image_base=Path(params["clues"]).parent)
-        return {"pairs": pairs} if isinstance(pairs, int) else {"pairs": as_counts(pairs)}
+        summary = pair_clues_explained(session, load_clip(settings), settings.pairing_top_k,
+                                       settings.pairing_min_similarity,
+                                       image_base=Path(params["clues"]).parent if params.get("clues") else None)
+        result: dict[str, Any] = {"pairs": summary.added}
+        if not summary.added and summary.why_none():
+            result["pairs_note"] = summary.why_none()  # shown by `geocurate run` (non-numbers are not summed)
+        return result
+    if claim.payload.get("converge"):
+        return converge(session, settings)
     from curation.score_store import score_images
 
     scorer = process.get_scorer(settings)
@@ -126,8 +138,25 @@ def work_score(session: Session, claim: Claim, params: dict[str, Any], settings:
     return {"images": len(ids), "scorer_version": scorer.version, **as_counts(score_images(session, scorer, ids))}
 
 
+def converge(session: Session, settings: Settings) -> dict[str, Any]:
+    """The current scorer version, with every image scored before under the same segmentation carried over to it
+    from its stored class ratios (curation.score_store.carry_over_scores: no model runs). Images segmented by other
+    models are counted, not scored here: `geocurate score` segments them."""
+    from curation.score_store import carry_over_scores, pending_image_ids
+
+    scorer = process.get_scorer(settings)
+    carried = carry_over_scores(session, scorer.version, scorer.params, scorer.weights)
+    result: dict[str, Any] = {"scorer_version": scorer.version, "carried_over": carried}
+    unscored = len(pending_image_ids(session, scorer.version))
+    if unscored:
+        result["unscored_other_models"] = unscored
+    return result
+
+
 def scorer_version_of(session: Session, run_id: int) -> str | None:
-    for result in batches.step_results(session, run_id, "score"):
+    """The run's scorer version: the converge batch's (every run has one), else any scoring batch's."""
+    results = batches.step_results(session, run_id, "score")
+    for result in sorted(results, key=lambda r: "carried_over" not in r):
         if result.get("scorer_version"):
             return result["scorer_version"]
     return None
@@ -135,32 +164,27 @@ def scorer_version_of(session: Session, run_id: int) -> str | None:
 
 # --- route -----------------------------------------------------------------------------------------------------------
 
-def carry_over(session: Session, version: str, settings: Settings) -> dict[str, Any]:
-    """Images scored before under the same segmentation join this run's scorer version (see carry_over_scores),
-    so that its routing and export cover them too."""
-    from curation.locatability import load_weights
-    from curation.score_store import carry_over_scores
-    from db.scores import scorer_params
-
-    try:
-        return {"carried_over": carry_over_scores(session, version, scorer_params(session, version),
-                                                  load_weights(settings))}
-    except ValueError as exc:  # the weights setting changed after this run scored
-        return {"carried_over": 0, "carry_over_skipped": str(exc)}
-
-
 def plan_single(session: Session, run_id: int, params: dict[str, Any], settings: Settings) -> Payloads:
     return [{}]
 
 
 def work_route(session: Session, claim: Claim, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Retire review tasks of other scorer versions, then queue the current version's band (an item whose task was
+    retired unanswered is queued again), then push to Label Studio when it is configured."""
+    from labeling.retire import retire_stale_tasks
     from labeling.routing import route_for_review
 
     version = scorer_version_of(session, claim.run_id)
     if version is None:
-        return {"routed": 0, "reason": "nothing was scored in this run"}
-    result = {"scorer_version": version, **carry_over(session, version, settings)}
-    result.update(as_counts(route_for_review(session, version, settings)))
+        return {"routed": 0, "reason": "no image is scored"}
+    session.commit()  # no read transaction held while the retirement writes on its own connections (SQLite)
+    retired = retire_stale_tasks(settings.database_url, version, settings=settings)
+    result: dict[str, Any] = {"scorer_version": version, "retired": retired.retired,
+                              "retired_deleted_in_label_studio": retired.deleted,
+                              "retired_kept_annotated": retired.kept_annotated}
+    routed = route_for_review(session, version, settings)
+    result.update(as_counts(routed))
+    result["routed"] = routed.images_queued + routed.clues_queued
     if settings.label_studio_url:
         from labeling.push import push_tasks
 
@@ -176,12 +200,31 @@ def plan_export(session: Session, run_id: int, params: dict[str, Any], settings:
 
 
 def work_export(session: Session, claim: Claim, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Build the export, unless one of that name was built from this very selection (nothing to do); a name
+    holding other content is refused with what changed (exports are immutable)."""
     from curation.export import ExportParams, build_export
+    from curation.export.plan import compare, plan_selection, record_selection
+    from db.exports import export_by_id_or_name
+    from geocurate.errors import UserError
 
+    name = claim.payload["name"]
     version = scorer_version_of(session, claim.run_id) if params.get("kind") != "export" else None
-    built = build_export(ExportParams.from_settings(settings, claim.payload["name"], scorer_version=version),
-                         settings.database_url)
-    return {"export": claim.payload["name"], **as_counts(built)}
+    # stages this run trains next: the build refuses an export they could not use (curation.export.readiness)
+    trains = tuple(step.split(":", 1)[1] for step in params.get("steps", ()) if step.startswith("train:"))
+    export_params = ExportParams.from_settings(settings, name, scorer_version=version, train_stages=trains)
+    selection = plan_selection(session, export_params)
+    existing = export_by_id_or_name(session, name)
+    if existing is not None and existing.status == "done":
+        changed = compare(existing, selection)
+        if changed is None:
+            return {"export": name, "unchanged": 1, "content_hash": existing.content_hash or ""}
+        raise UserError(f"export {name!r} already exists with other content: {changed}; exports are immutable, "
+                        f"choose a new name (--export NAME)")
+    session.commit()  # the build writes through its own connections
+    built = build_export(export_params, settings.database_url)
+    if built.export_id is not None:
+        record_selection(session, built.export_id, selection)
+    return {"export": name, **as_counts(built)}
 
 
 def plan_train(session: Session, run_id: int, params: dict[str, Any], settings: Settings) -> Payloads:
@@ -191,15 +234,23 @@ def plan_train(session: Session, run_id: int, params: dict[str, Any], settings: 
 
 
 def work_train(session: Session, claim: Claim, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Train one stage on the export; a pipeline run whose export already has this stage trained (an unchanged
+    export, run again) does nothing: `geocurate train` trains again on purpose."""
     from db.exports import export_by_id_or_name
+    from db.training import latest_done_for_export
     from training.stages import train_stage
 
+    stage = claim.payload["stage"]
     export = export_by_id_or_name(session, claim.payload["export"])
     if export is None:
         raise LookupError(f"export {claim.payload['export']!r} does not exist; build it first (geocurate export NAME)")
+    if params.get("kind") != "train":
+        done = latest_done_for_export(session, export.id, stage)
+        if done is not None:
+            return {"stage": stage, "already_trained": 1, "training_run": done.id}
     session.commit()  # training runs for long: hold no transaction open meanwhile
-    outcome = train_stage(Path(export.path), claim.payload["stage"], settings, export_id=export.id)
-    return {"stage": claim.payload["stage"], **as_counts(outcome)}
+    outcome = train_stage(Path(export.path), stage, settings, export_id=export.id)
+    return {"stage": stage, **as_counts(outcome)}
 
 
 STEPS: dict[str, Step] = {

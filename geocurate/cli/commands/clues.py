@@ -57,9 +57,10 @@ def pair_command(
     top_k: int = typer.Option(None, help="Images per clue (default GEOCURATE_PAIRING_TOP_K)."),
     min_similarity: float = typer.Option(None, help="Minimum cosine similarity (default GEOCURATE_PAIRING_MIN_SIMILARITY)."),
 ) -> None:
-    """Pair accepted clues that have no image with the most similar stored images of their country."""
+    """Pair accepted clues that have no image (one accepted in review too) with the most similar stored images of
+    their country; when nothing is added, say why."""
     from curation.clip import load_clip
-    from curation.pairing import pair_clues
+    from curation.pairing import pair_clues_explained
     from db.engine import check_connection, session_scope
     from geocurate.settings import get_settings
 
@@ -68,9 +69,12 @@ def pair_command(
     check_connection(url)
     clip = load_clip(settings)
     with session_scope(url) as session:
-        added = pair_clues(session, clip, settings.pairing_top_k if top_k is None else top_k,
-                           settings.pairing_min_similarity if min_similarity is None else min_similarity)
-    typer.echo(f"pairs added: {added}")
+        summary = pair_clues_explained(session, clip, settings.pairing_top_k if top_k is None else top_k,
+                                       settings.pairing_min_similarity if min_similarity is None else min_similarity)
+    typer.echo(f"pairs added: {summary.added} ({summary.clues_paired} of {summary.clues_considered} clue(s) "
+               f"paired, {summary.linked} given image(s) linked)")
+    if not summary.added:
+        typer.echo(f"nothing paired: {summary.why_none()}")
 
 
 def register(app: typer.Typer, ingest_app: typer.Typer) -> None:

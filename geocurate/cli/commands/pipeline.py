@@ -125,7 +125,14 @@ def _report(run_id: int, state: dict[str, Any], settings) -> None:
     console.print(summary_table(run_id, state))
     status = state["status"]
     if status == "done":
-        typer.echo(f"run {run_id} done: every item was processed or quarantined (geocurate quarantine list)")
+        outcome = pipeline.run_outcome(run_id, settings)
+        if outcome["changes"]:
+            typer.echo(f"run {run_id} done: {', '.join(outcome['changes'])}; every item was processed or quarantined "
+                       "(geocurate quarantine list)")
+        else:
+            typer.echo(f"run {run_id} done, nothing to do: {'; '.join(outcome['facts']) or 'nothing changed'}")
+        for note in outcome["notes"]:
+            typer.echo(f"note: {note}")
         return
     if status == "interrupted":
         typer.secho(f"run {run_id} interrupted at step {state['step']}; run the same command again to resume it",
@@ -138,7 +145,7 @@ def _report(run_id: int, state: dict[str, Any], settings) -> None:
                 err=True, fg=typer.colors.RED)
     for step, seq, error, items in pipeline.failed_items(run_id, settings):
         shown = ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
-        typer.echo(f"  failed: step {step}, batch {seq}: {error[:300]}\n    items: {shown}", err=True)
+        typer.echo(f"  failed: step {step}, batch {seq}: {error[:800]}\n    items: {shown}", err=True)
     typer.echo("fix the cause and run the same command again: only the missing work is done", err=True)
 
 
