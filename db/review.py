@@ -221,3 +221,35 @@ def annotations_by_task(session: Session, item_kind: str) -> dict[int, list[Anno
     ):
         grouped.setdefault(annotation.review_task_id, []).append(annotation)
     return grouped
+
+
+def queue_details(session: Session, tasks: Sequence[ReviewTask]) -> dict[int, tuple[str, str | None, float | None]]:
+    """review task id → (image uri or clue text, country, score) for a page of the queue: what a reviewer working
+    from `geocurate review list` needs to find the file and see why it is there. An image's score is the one under
+    the version that routed it (the newest when the task does not say); its country the reviewer's, else the
+    metadata's."""
+    from db.models import Image, Score
+
+    images = [t for t in tasks if t.item_kind == "image"]
+    clues = [t for t in tasks if t.item_kind == "clue"]
+    details: dict[int, tuple[str, str | None, float | None]] = {}
+    if images:
+        ids = [t.item_id for t in images]
+        rows = {i.id: i for i in session.scalars(select(Image).where(Image.id.in_(ids)))}
+        scores: dict[tuple[int, str], float] = {}
+        newest: dict[int, float] = {}
+        for score in session.scalars(select(Score).where(Score.image_id.in_(ids)).order_by(Score.computed_at)):
+            scores[(score.image_id, score.scorer_version)] = score.locatability
+            newest[score.image_id] = score.locatability
+        for task in images:
+            image = rows.get(task.item_id)
+            score = scores.get((task.item_id, task.scorer_version or ""), newest.get(task.item_id))
+            details[task.id] = (image.uri if image else "", task.final_country or (image.country_code if image else None),
+                                score)
+    if clues:
+        texts = dict(session.execute(select(Clue.id, Clue.text).where(Clue.id.in_([t.item_id for t in clues]))).all())
+        countries = dict(session.execute(select(Clue.id, Clue.country)
+                                         .where(Clue.id.in_([t.item_id for t in clues]))).all())
+        for task in clues:
+            details[task.id] = (texts.get(task.item_id, ""), task.final_country or countries.get(task.item_id), None)
+    return details

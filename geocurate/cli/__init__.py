@@ -10,7 +10,7 @@ import sys
 import typer
 
 from geocurate.cli.commands import (
-    clues, demo, exports, pipeline, quarantine, review, sample, scoring, store, training, workers,
+    clues, demo, exports, pipeline, quarantine, review, runs, sample, scoring, store, training, workers,
 )
 
 app = typer.Typer(
@@ -23,7 +23,7 @@ app = typer.Typer(
 ingest_app = typer.Typer(help="Add images or clue texts to the store.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 
-for module in (store, scoring, clues, review, exports, training, pipeline, workers, quarantine, sample, demo):
+for module in (store, scoring, clues, review, exports, training, pipeline, runs, workers, quarantine, sample, demo):
     module.register(app, ingest_app)
 
 

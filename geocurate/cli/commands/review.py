@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -79,21 +80,35 @@ def pull() -> None:
 
 @review_app.command("list")
 def list_queue(kind: Kind = typer.Option(None, help="Only images or only clues."),
-               state: list[str] = typer.Option(["pending", "conflicted"], help="States to show (repeatable)."),
+               state: list[str] = typer.Option(["pending", "conflicted"], help="States to show (repeatable): pending, "
+                                               "conflicted, done, retired."),
                limit: int = typer.Option(50, min=1, help="Rows to show.")) -> None:
-    """The review queue, most uncertain first (the local queue when Label Studio is not configured)."""
+    """The review queue, most uncertain first (the local queue when Label Studio is not configured): each item's
+    file name (or clue text), country and score, so a reviewer can open the file and decide."""
+    from curation.files import local_path
     from db.engine import session_scope
-    from db.review import review_queue
+    from db.review import queue_details, review_queue
 
     with session_scope(_store()) as session:
         rows = review_queue(session, _kind(kind), states=state, limit=limit)
+        details = queue_details(session, rows)
+        shown = [(r.id, r.item_kind, r.item_id, r.priority, r.state, r.final_label, r.ls_task_id, r.reason,
+                  r.scorer_version) for r in rows]
     table = Table(title="review queue")
-    for column in ("id", "kind", "item", "priority", "state", "label", "country", "LS task", "reason"):
+    for column in ("id", "kind", "item", "file / clue", "country", "score", "priority", "state", "label", "LS task",
+                   "reason"):
         table.add_column(column)
-    for r in rows:
-        table.add_row(str(r.id), r.item_kind, str(r.item_id), f"{r.priority:.2f}" if r.priority is not None else "",
-                      r.state, r.final_label or "", r.final_country or "", str(r.ls_task_id or ""), r.reason or "")
+    for task_id, item_kind, item_id, priority, task_state, label, ls_task_id, reason, version in shown:
+        what, country, score = details.get(task_id, ("", None, None))
+        if item_kind == "image" and what:
+            what = Path(local_path(what)).name
+        table.add_row(str(task_id), item_kind, str(item_id), what[:60], country or "",
+                      f"{score:.3f}" if score is not None else "",
+                      f"{priority:.2f}" if priority is not None else "", task_state, label or "",
+                      str(ls_task_id or ""), reason or "")
     Console().print(table)
+    if not shown:
+        typer.echo(f"no {'/'.join(state)} review task" + (f" of kind {_kind(kind)}" if kind else ""))
 
 
 @review_app.command("decide")
