@@ -1,9 +1,13 @@
 """Geo-aware train/val/test splits: whole places go to one split, so a model is never tested on streets it trained on.
 
-The unit is a city (country + normalised city name, so "Kraków" and "krakow" are one place); an image without a
-city falls back to its H3 cell at `settings.h3_resolution`. Groups are ordered by a seeded hash of their key and
-dealt greedily to the split furthest below its target share, which is deterministic for a seed, independent of
-row order, and fills every split with a non-zero share once there are at least as many groups as splits.
+An image's place is its city (country + the city's canonical name, so "Kraków", "Cracow", "Krakow" and "krakow" are
+one place: geocurate.countries.canonical_city reads GeoNames' alternate names and transliterations); an image without
+a city falls back to its H3 cell at `h3_resolution`. A misspelled or unknown city name ("Krakw", "Krakow Old Town")
+still makes its own place, so places are not dealt one by one: every city is tied to the H3 cells its images lie in
+(`PlaceGraph`), and the connected places (a city, its misspellings and the city-less images of its cells, and
+neighbours sharing a cell) form one split group. Groups are ordered by a seeded hash of their key and dealt greedily
+to the split furthest below its target share, which is deterministic for a seed, independent of row order, and fills
+every split with a non-zero share once there are at least as many groups as splits.
 """
 
 from __future__ import annotations
@@ -13,19 +17,71 @@ from collections.abc import Mapping, Sequence
 
 import h3
 
-from geocurate.countries import normalise
+from geocurate.countries import canonical_city
 from geocurate.errors import UserError
 from geocurate.export_format import SPLITS
+
+
+def city_key(country_code: str | None, city: str) -> str:
+    return f"city:{(country_code or '').upper()}:{canonical_city(city, country_code)}"
+
+
+def cell_key(lat: float, lon: float, h3_resolution: int) -> str:
+    return f"h3:{h3.latlng_to_cell(lat, lon, h3_resolution)}"
 
 
 def group_key(country_code: str | None, city: str | None, lat: float | None, lon: float | None,
               h3_resolution: int) -> str | None:
     """The place an image belongs to; None when it has neither a city nor coordinates."""
     if city and city.strip():
-        return f"city:{(country_code or '').upper()}:{normalise(city)}"
+        return city_key(country_code, city)
     if lat is None or lon is None:
         return None
-    return f"h3:{h3.latlng_to_cell(lat, lon, h3_resolution)}"
+    return cell_key(lat, lon, h3_resolution)
+
+
+def split_of_image(split_of: Mapping[str, str], country_code: str | None, city: str | None, lat: float | None,
+                   lon: float | None, h3_resolution: int) -> str | None:
+    """The split of an image that may not be in the export (a reasoning pair's image): its place's, else its H3
+    cell's (a city spelled in a way no exported image uses still lies in an exported place's streets); None when
+    neither is in the export."""
+    found = split_of.get(group_key(country_code, city, lat, lon, h3_resolution))
+    if found is None and lat is not None and lon is not None:
+        found = split_of.get(cell_key(lat, lon, h3_resolution))
+    return found
+
+
+class PlaceGraph:
+    """Places (city and cell keys) joined when an image ties a city to a cell; `groups` gives each place its split
+    group, named by the group's smallest key (a city's key when it has one: "city:" sorts before "h3:")."""
+
+    def __init__(self) -> None:
+        self._parent: dict[str, str] = {}
+
+    def add(self, key: str) -> None:
+        self._parent.setdefault(key, key)
+
+    def _root(self, key: str) -> str:
+        parent = self._parent
+        root = key
+        while parent[root] != root:
+            root = parent[root]
+        while parent[key] != root:  # path compression
+            parent[key], key = root, parent[key]
+        return root
+
+    def join(self, a: str, b: str) -> None:
+        self.add(a)
+        self.add(b)
+        ra, rb = self._root(a), self._root(b)
+        if ra != rb:
+            if rb < ra:
+                ra, rb = rb, ra
+            self._parent[rb] = ra  # the smaller key is the root: a group's name is its smallest key
+
+    def groups(self) -> dict[str, str]:
+        """Every place → its group's name."""
+        return {key: self._root(key) for key in self._parent}
 
 
 def parse_split(text: str | Sequence[float]) -> tuple[float, float, float]:
@@ -57,3 +113,17 @@ def assign_groups(group_sizes: Mapping[str, int], fractions: Sequence[float], se
         counts[best] += size
         assigned = total
     return result
+
+
+def assign_places(place_sizes: Mapping[str, int], graph: PlaceGraph, fractions: Sequence[float],
+                  seed: int = 0) -> dict[str, str]:
+    """Every place of `graph` (and every key of `place_sizes`) → a split, whole groups at a time; a group's size is
+    the sum of its places' sizes (places with no image left count 0 but still get their group's split)."""
+    for key in place_sizes:
+        graph.add(key)
+    group_of = graph.groups()
+    sizes: dict[str, int] = dict.fromkeys(group_of.values(), 0)
+    for key, size in place_sizes.items():
+        sizes[group_of[key]] += size
+    split_of_group = assign_groups({g: n for g, n in sizes.items() if n > 0}, fractions, seed)
+    return {key: split_of_group.get(group, SPLITS[0]) for key, group in group_of.items()}

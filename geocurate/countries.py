@@ -144,3 +144,44 @@ def country_point(code: str) -> tuple[float, float]:
         return float(largest["latitude"]), float(largest["longitude"])
     continent = _geonames().get_continents().get(row.get("continentcode", ""), {})
     return float(continent.get("lat", 0.0)), float(continent.get("lng", 0.0))
+
+
+def name_key(name: str) -> str:
+    """`normalise`, or for a name written only in a non-Latin script (which normalise empties) its NFKC casefold,
+    so "Краков" stays a name instead of becoming the empty key every such city would share."""
+    return normalise(name) or re.sub(r"\s+", " ", unicodedata.normalize("NFKC", name)).strip().casefold()
+
+
+@lru_cache(maxsize=1)
+def _cities_by_country() -> dict[str, list[dict]]:
+    by_country: dict[str, list[dict]] = {}
+    for city in _geonames().get_cities().values():
+        by_country.setdefault(city["countrycode"], []).append(city)
+    for rows in by_country.values():
+        rows.sort(key=lambda c: (-int(c.get("population") or 0), c["geonameid"]))
+    return by_country
+
+
+@lru_cache(maxsize=256)
+def _city_spellings(country_code: str) -> dict[str, str]:
+    """Every spelling of the country's cities (name key) → its city's primary name key. GeoNames lists exonyms and
+    transliterations as alternate names ("Cracow", "Krakau", "Краков" for Kraków); a primary name wins over another
+    city's alternate name, and a more populous city over a smaller one."""
+    cities = _cities_by_country().get(country_code, [])
+    spellings: dict[str, str] = {}
+    for city in cities:
+        spellings.setdefault(name_key(city["name"]), name_key(city["name"]))
+    for city in cities:
+        primary = name_key(city["name"])
+        for alternate in city.get("alternatenames") or ():
+            key = name_key(alternate)
+            if key:
+                spellings.setdefault(key, primary)
+    return spellings
+
+
+def canonical_city(name: str, country_code: str | None) -> str:
+    """One key per city of a country whatever the spelling: "Kraków", "Cracow", "Krakow", "krakow" and "Краков" in
+    PL all give "krakow" (GeoNames' primary name, normalised); a name GeoNames does not know keeps its own key."""
+    key = name_key(name)
+    return _city_spellings((country_code or "").upper()).get(key, key)

@@ -137,7 +137,8 @@ def test_threshold_selects_and_no_place_is_in_two_splits(store_url):
             place = ex.meta["place"]
             assert place_split.setdefault(place, split_name) == split_name, place
             if ex.city:
-                plain = ex.city.lower().replace("ó", "o").replace("ń", "n").replace("ü", "u")
+                plain = ex.city.lower().replace("ó", "o").replace("ń", "n")
+                plain = {"münchen": "munich"}.get(plain, plain)  # GeoNames' primary name: one key per city
                 assert place == f"city:{ex.country_code}:{plain}"
             else:
                 assert place.startswith("h3:")

@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from curation.dedup import small_products
 from curation.export import guard
 from curation.export.location import write_location
 from curation.export.manifest import freeze, write_manifest
@@ -87,10 +86,10 @@ def _write(session: Session, export_id: int, params: ExportParams, root: Path) -
     groups = store.create_group_table(session)
     placer = ImagePlacer(root, params.images)
     try:
-        split_of = deal_places(session, params, groups, placer.request_link if placer.linking else None)
-        with small_products():
-            location = write_location(session, export_id, params.name, root, placer,
-                                      places(session, params, groups, split_of))
+        split_of, duplicates = deal_places(session, params, groups, placer.request_link if placer.linking else None)
+        near_duplicates = duplicates.report(split_of)  # raises if a near-duplicate pair would cross splits
+        location = write_location(session, export_id, params.name, root, placer,
+                                  places(session, params, groups, split_of, duplicates))
         placer.wait()  # the reasoning pass may place the same images again: their links must exist first
         placer.remove_strays()
         reasoning, held_out = write_reasoning(session, export_id, params.name, root, placer, split_of,
@@ -107,6 +106,7 @@ def _write(session: Session, export_id: int, params: ExportParams, root: Path) -
         "reasoning": {"train": reasoning.lines, "held_out": held_out},
         "images": placer.placed,
         "removed_duplicates": location.removed,
+        "near_duplicates": near_duplicates,
         "places": {s: location.places[s] for s in SPLITS},
         "per_country": {s: dict(sorted(location.per_country[s].items())) for s in SPLITS},
         "pending_review": pending_summary(params, session),

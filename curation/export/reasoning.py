@@ -13,7 +13,7 @@ from curation.decisions import kept_for_reasoning
 from curation.export.answers import example_line
 from curation.export.hashed_file import HashedWriter
 from curation.export.placement import ImagePlacer
-from curation.splits import group_key
+from curation.splits import split_of_image
 from db import exports as store
 from db.quarantine import quarantine
 from geocurate.export_format import PROMPT, Answer, Example, reasoning_file
@@ -26,8 +26,7 @@ def write_reasoning(session: Session, export_id: int, name: str, root: Path, pla
     held_out = 0
     items: list[dict[str, Any]] = []
     for r in store.stream(session, store.accepted_clue_pairs().where(kept_for_reasoning())):
-        key = group_key(r.country_code, r.city, r.lat, r.lon, h3_resolution)
-        if split_of.get(key, "train") != "train":
+        if (split_of_image(split_of, r.country_code, r.city, r.lat, r.lon, h3_resolution) or "train") != "train":
             held_out += 1
             continue
         relative = placer.place(r.sha256, r.uri)

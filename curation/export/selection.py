@@ -1,10 +1,12 @@
 """Which images an export holds and where: the kept selection (curation.decisions) → places → splits → near-duplicates
 removed, in two streaming passes over the store, so a million rows run in constant memory.
 
-1. `deal_places`: the kept selection streams once; each image's place (city, else H3 cell) goes to a temporary table,
-   group sizes come back from one GROUP BY and whole places are dealt to train/val/test (curation.splits);
-2. `places`: the selection streams again joined with that table and the stored vectors, ordered by (place, sha256),
-   and comes out a batch of consecutive places at a time with its near-duplicates named.
+1. `deal_places`: the kept selection streams once with the stored vectors; each image's place (canonical city, else
+   H3 cell) goes to a temporary table, near-duplicates are found over the whole selection and reduced to one image
+   each (curation.export.duplicates), then place groups (cities tied to their H3 cells) are dealt whole to
+   train/val/test by the images they keep (curation.splits);
+2. `places`: the selection streams again joined with that table, ordered by (place, sha256), and comes out a batch
+   of consecutive places at a time with the removed near-duplicates named.
 
 Rows are read by column name: each pass's row type lists the names its query must return, checked when the query is
 built, so a change of columns in decided_images fails the export instead of shifting its values.
@@ -12,6 +14,7 @@ built, so a change of columns in decided_images fails the export instead of shif
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from itertools import groupby, repeat
 from operator import attrgetter
@@ -22,19 +25,19 @@ from sqlalchemy.orm import Session, aliased
 
 from geocurate.countries import is_country_code
 from curation.decisions import decided_images, pending_images
-from curation.export.duplicates import EmbeddingLookup, duplicates_in
+from curation.export.duplicates import Duplicates, EmbeddingLookup, SelectionVectors
 from curation.export.params import ExportParams
-from curation.splits import assign_groups, group_key
+from curation.splits import PlaceGraph, assign_places, cell_key, city_key
 from db import exports as store
-from db.models import Image, ImageEmbedding
+from db.models import Image, ImageEmbedding, Score
 from db.quarantine import quarantine
 
-DEDUP_BATCH_ROWS = 2000  # consecutive places whose missing embeddings are looked up together
-NO_DUPLICATES: frozenset[int] = frozenset()
+PLACE_BATCH_ROWS = 2000  # consecutive places handed to the writer at a time
 
 
 class LocatedImage(NamedTuple):
-    """A row of the first pass: decided_images' lean columns and the image's path."""
+    """A row of the first pass: decided_images' lean columns, the image's path, its locatability and its stored
+    vector (None when the store has none, or dedup is off)."""
 
     id: int
     sha256: str
@@ -43,6 +46,8 @@ class LocatedImage(NamedTuple):
     country_code: str
     city: str | None
     uri: str
+    locatability: float
+    vector: bytes | None
 
 
 class KeptImage(NamedTuple):
@@ -60,14 +65,13 @@ class KeptImage(NamedTuple):
     class_ratios: dict[str, float] | None
     human_label: str | None
     place: str
-    vector: bytes | None
 
 
 class Place(NamedTuple):
     key: str
     split: str
     images: list[KeptImage]  # in sha256 order, near-duplicates included
-    duplicates: set[int] | frozenset[int]  # ids removed as near-duplicates (shared by a batch's places)
+    duplicates: set[int] | frozenset[int]  # ids removed as near-duplicates (the whole export's)
 
 
 Row = TypeVar("Row", LocatedImage, KeptImage)
@@ -84,16 +88,33 @@ def named_rows(session: Session, stmt: Select, row_type: type[Row]) -> Iterator[
 
 
 def deal_places(session: Session, params: ExportParams, groups: Table,
-                on_kept: Callable[[str, str], Any] | None) -> dict[str, str]:
+                on_kept: Callable[[str, str], Any] | None) -> tuple[dict[str, str], Duplicates]:
     """Pass 1: every kept image's place into `groups` (images with an unknown country are quarantined instead),
-    `on_kept(sha256, uri)` called for each; returns place → split name."""
+    `on_kept(sha256, uri)` called for each; near-duplicates found across the whole selection and resolved, then
+    places dealt to splits by the images that remain. Returns place → split name (every city and H3 cell the
+    kept images touch) and the near-duplicates."""
     known_country: dict[str | None, bool] = {}
-    city_places: dict[tuple[str | None, str], str | None] = {}
+    city_places: dict[tuple[str | None, str], str] = {}
+    tied: set[tuple[str, str]] = set()
+    graph = PlaceGraph()
     h3_resolution = params.h3_resolution
-    kept = decided_images(params.scorer_version, params.threshold, Image.uri, lean=True,
-                          exclude_pending=params.excluded_band)
+    similarity = params.dedup_similarity
+    lookup = None
+    if similarity is not None and (params.embedding_version is not None or _any_kept(session, params)):
+        lookup = EmbeddingLookup(session, params.embedding_version, params.clip)  # open_clip: when needed
+    if lookup is not None:
+        stored = aliased(ImageEmbedding, name="stored_embedding")
+        kept = decided_images(params.scorer_version, params.threshold, Image.uri, Score.locatability,
+                              stored.vector, lean=True, exclude_pending=params.excluded_band).outerjoin(
+            stored, and_(stored.image_id == Image.id, stored.model_version == lookup.version))
+        vectors = SelectionVectors(lookup, similarity)
+    else:
+        kept = decided_images(params.scorer_version, params.threshold, Image.uri, Score.locatability,
+                              null().label("vector"), lean=True, exclude_pending=params.excluded_band)
+        vectors = None
+    sizes: Counter[str] = Counter()
 
-    def keyed_rows() -> Iterator[tuple[int, str | None]]:
+    def keyed_rows() -> Iterator[tuple[int, str]]:
         for image in named_rows(session, kept, LocatedImage):
             code = image.country_code
             valid = known_country.get(code)
@@ -103,53 +124,55 @@ def deal_places(session: Session, params: ExportParams, groups: Table,
                 quarantine(session, "metadata", image.sha256, "unknown_country", f"country code {code!r}")
                 continue
             city = image.city
-            if city:  # a place per (country, city): normalising the name once per city, not once per image
+            cell = cell_key(image.lat, image.lon, h3_resolution)
+            if city and city.strip():  # a place per (country, city): its canonical name found once per spelling
                 key = city_places.get((code, city))
                 if key is None:
-                    key = city_places[(code, city)] = group_key(code, city, image.lat, image.lon, h3_resolution)
+                    key = city_places[(code, city)] = city_key(code, city)
+                if (key, cell) not in tied:  # the city's streets: a misspelled city there joins it
+                    tied.add((key, cell))
+                    graph.join(key, cell)
             else:
-                key = group_key(code, city, image.lat, image.lon, h3_resolution)
+                key = cell
+            sizes[key] += 1
+            if vectors is not None:
+                vectors.add(image.id, image.sha256, image.locatability, key, image.vector)
             if on_kept is not None:
                 on_kept(image.sha256, image.uri)
             yield image.id, key
 
     store.add_place_keys(session, groups, keyed_rows())
     store.analyze(session, groups)
-    return assign_groups(store.group_sizes(session, groups), params.split, params.seed)
+    duplicates = vectors.resolve() if vectors is not None else Duplicates()
+    sizes.subtract(duplicates.removed_per_place)  # places are dealt by the images they will hold
+    return assign_places(sizes, graph, params.split, params.seed), duplicates
 
 
-def places(session: Session, params: ExportParams, groups: Table, split_of: dict[str, str]) -> Iterator[list[Place]]:
-    """Pass 2: the kept images by place (and sha256), a batch of consecutive places at a time, near-duplicates of
-    each place named (open_clip is looked up only when there is something to export)."""
-    similarity = params.dedup_similarity
-    lookup = EmbeddingLookup(session, params.embedding_version, params.clip) if similarity is not None and split_of \
-        else None
+def _any_kept(session: Session, params: ExportParams) -> bool:
+    return session.execute(decided_images(params.scorer_version, params.threshold, lean=True,
+                                          exclude_pending=params.excluded_band).limit(1)).first() is not None
+
+
+def places(session: Session, params: ExportParams, groups: Table, split_of: dict[str, str],
+           duplicates: Duplicates) -> Iterator[list[Place]]:
+    """Pass 2: the kept images by place (and sha256), a batch of consecutive places at a time, with the
+    near-duplicates pass 1 removed named."""
     columns = [groups.c.group_key.label("place")]
-    if lookup is not None:
-        stored = aliased(ImageEmbedding, name="stored_embedding")
-        ordered = decided_images(params.scorer_version, params.threshold, *columns, stored.vector,
-                                 exclude_pending=params.excluded_band).outerjoin(
-            stored, and_(stored.image_id == Image.id, stored.model_version == lookup.version))
-    else:
-        ordered = decided_images(params.scorer_version, params.threshold, *columns, null().label("vector"),
-                                 exclude_pending=params.excluded_band)
+    ordered = decided_images(params.scorer_version, params.threshold, *columns, exclude_pending=params.excluded_band)
     ordered = ordered.join(groups, groups.c.image_id == Image.id).order_by(groups.c.group_key, Image.sha256)
+    drop = duplicates.removed
 
-    def resolved(batch: list[tuple[str, list[KeptImage]]]) -> list[Place]:
-        drop = duplicates_in([images for _, images in batch], lookup, similarity) if lookup else NO_DUPLICATES
-        return [Place(key, split_of[key], images, drop) for key, images in batch]
-
-    batch: list[tuple[str, list[KeptImage]]] = []
+    batch: list[Place] = []
     batch_rows = 0
     for key, images in groupby(named_rows(session, ordered, KeptImage), key=attrgetter("place")):
         images = list(images)
-        batch.append((key, images))
+        batch.append(Place(key, split_of[key], images, drop))
         batch_rows += len(images)
-        if batch_rows >= DEDUP_BATCH_ROWS:
-            yield resolved(batch)
+        if batch_rows >= PLACE_BATCH_ROWS:
+            yield batch
             batch, batch_rows = [], 0
     if batch:
-        yield resolved(batch)
+        yield batch
 
 
 def pending_summary(params: ExportParams, session: Session) -> dict[str, Any]:
