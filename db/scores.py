@@ -40,7 +40,8 @@ def scorer_weights(session: Session, version: str) -> list[float] | None:
 def version_table(session: Session) -> list[tuple[str, datetime, dict[str, Any], list[float] | None, int]]:
     """(version, created_at, params, weights, number of score rows) of every registered version, newest first;
     versions whose scores were written without registration come last with empty params."""
-    counts = dict(session.execute(select(Score.scorer_version, func.count()).group_by(Score.scorer_version)).tuples())
+    counts = dict(session.execute(select(Score.scorer_version, func.count())
+                                  .group_by(Score.scorer_version)).tuples().all())
     rows = session.execute(select(ScorerVersion.version, ScorerVersion.created_at, ScorerVersion.params,
                                   ScorerVersion.weights)
                            .order_by(ScorerVersion.created_at.desc(), ScorerVersion.version)).tuples().all()

@@ -20,6 +20,7 @@ from curation.export.location import write_location
 from curation.export.manifest import freeze, write_manifest
 from curation.export.params import ExportParams
 from curation.export.placement import IMAGES_LISTING, ImagePlacer
+from curation.export.readiness import check_built, check_trainable
 from curation.export.reasoning import write_reasoning
 from curation.export.selection import deal_places, pending_summary, places
 from db import exports as store
@@ -46,6 +47,8 @@ def build_export(params: ExportParams, url: str) -> ExportResult:
         raise UserError(f"{final_path} already exists; exports are never overwritten, choose a new name")
     with session_scope(url) as session:
         params = params.resolved(session)  # scorer version, and its threshold and review band
+        if params.train_stages:  # training is to follow: refuse an export it could not use, before writing
+            check_trainable(session, params, params.train_stages)
         export_id, builder = guard.claim(session, params, final_path)
 
     partial = params.out_dir / f".{params.name}.partial"
@@ -111,6 +114,8 @@ def _write(session: Session, export_id: int, params: ExportParams, root: Path) -
         "per_country": {s: dict(sorted(location.per_country[s].items())) for s in SPLITS},
         "pending_review": pending_summary(params, session),
     }
+    if params.train_stages:
+        check_built(session, params, counts, params.train_stages)
     content_hash = write_manifest(root, params.name, params.hashed(), counts, files, params.images, placer.placed)
     store.finish_export(session, export_id, counts, content_hash)
     return ExportResult(name=params.name, path=root, content_hash=content_hash, counts=counts,

@@ -14,6 +14,8 @@ from curation.decisions import PENDING_POLICIES, PendingPolicy, rule_of
 from curation.splits import parse_split
 from geocurate.errors import UserError
 
+TRAIN_STAGES = ("reasoning", "location")
+
 
 @dataclass(frozen=True)
 class ClipSettings:
@@ -53,6 +55,8 @@ class ExportParams:
     clip: ClipSettings | None = field(default=None, compare=False)
     review_band: tuple[float, float] | None = None
     pending: PendingPolicy = "exclude"
+    # stages to be trained on the export: each must get an example, or the build fails before writing the folder
+    train_stages: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         name = self.name
@@ -61,6 +65,9 @@ class ExportParams:
         threshold = None if self.threshold is None else float(self.threshold)
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise UserError(f"threshold {threshold} must be a locatability between 0 and 1")
+        unknown = [stage for stage in self.train_stages if stage not in TRAIN_STAGES]
+        if unknown:
+            raise UserError(f"unknown training stage {unknown[0]!r}: expected {' or '.join(TRAIN_STAGES)}")
         if self.pending not in PENDING_POLICIES:
             raise UserError(f"pending must be one of {', '.join(PENDING_POLICIES)}, not {self.pending!r}")
         if self.review_band is not None:
@@ -80,7 +87,8 @@ class ExportParams:
     def from_settings(cls, settings, name: str, *, threshold: float | None = None, scorer_version: str | None = None,
                       split: str | tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
                       out_dir: Path | None = None, images: Literal["link", "copy"] | None = None, dedup: bool = True,
-                      embedding_version: str | None = None, pending: PendingPolicy = "exclude") -> ExportParams:
+                      embedding_version: str | None = None, pending: PendingPolicy = "exclude",
+                      train_stages: tuple[str, ...] = ()) -> ExportParams:
         """The request of `geocurate export` and of a pipeline's export step: what is not given comes from
         `settings` (geocurate.settings.Settings), except the threshold and review band, which are the scorer
         version's (an explicit `threshold` overrides the version's)."""
@@ -91,7 +99,8 @@ class ExportParams:
                    dedup_similarity=settings.dedup_similarity if dedup else None,
                    h3_resolution=settings.h3_resolution, lease_seconds=settings.lease_seconds,
                    heartbeat_seconds=settings.heartbeat_seconds, scorer_version=scorer_version, split=split,
-                   seed=seed, embedding_version=embedding_version, clip=clip, pending=pending)
+                   seed=seed, embedding_version=embedding_version, clip=clip, pending=pending,
+                   train_stages=tuple(train_stages))
 
     def with_scorer_version(self, version: str) -> ExportParams:
         return replace(self, scorer_version=version)
