@@ -150,10 +150,17 @@ class Settings(BaseSettings):
     vlm_model: str = Field(
         "Qwen/Qwen2-VL-2B-Instruct", description="Vision-language base model: HF model id or local path."
     )
-    adapters_dir: Path = Field(Path("./adapters"), description="Where LoRA adapters and checkpoints are written.")
+    adapters_dir: Path = Field(
+        Path("./adapters"), description="Where LoRA adapters and checkpoints are written: one folder per export."
+    )
     training_config: Path | None = Field(
         None,
         description="JSON file overriding LoRA/training hyper-parameters (keys of training/config.py TrainingConfig).",
+    )
+    train_preset: Literal["default", "small"] = Field(
+        "default",
+        description="Training hyper-parameter preset: `small` for exports of a few dozen to a few hundred examples "
+        "(README, Training); the training_config file overrides it.",
     )
 
     @classmethod

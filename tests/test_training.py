@@ -16,8 +16,11 @@ from typer.testing import CliRunner
 from db.engine import session_scope
 from db.models import Quarantine, TrainingRun
 from geocurate.export_format import PROMPT, location_file
+from geocurate.export_format import Example
 from tests.training_exports import PLACES, build_export
+from training.adapters import adapter_digest
 from training.config import TrainingConfig
+from training.geo import geo_metrics
 
 TINY = TrainingConfig(
     lora_rank=8, lora_alpha=16, lora_dropout=0.0, learning_rate=1e-2, batch_size=8, gradient_accumulation=1,
@@ -86,10 +89,15 @@ def test_train_and_eval_commands_run_both_stages_and_score_the_test_split(demo_s
         reasons = {r for (r,) in s.execute(select(Quarantine.reason).where(Quarantine.item_kind == "training_example"))}
     assert reasons == {"bad_training_example", "unreadable_image"}
 
-    adapters = demo_settings.adapters_dir
-    for stage in ("reasoning", "location"):
+    adapters = demo_settings.adapters_dir / "tiny"  # the export's own adapter set
+    assert sorted(p.name for p in demo_settings.adapters_dir.iterdir()) == ["tiny"]
+    for stage, run in (("reasoning", reasoning_run), ("location", location_run)):
         assert TrainingConfig.load(adapters / stage) == TINY
-        assert json.loads((adapters / stage / "stage.json").read_text())["stage"] == stage
+        info = json.loads((adapters / stage / "stage.json").read_text())
+        assert (info["stage"], info["export_name"], info["run_id"]) == (stage, "tiny", run.id)
+        assert run.adapter_path == str(adapters.resolve() / stage) and run.export_name == "tiny"
+        assert run.adapter_sha256 == adapter_digest(adapters / stage)
+        assert run.base_model == str((demo_settings.data_dir / "models" / "tiny-qwen2-vl-v1").resolve())
     assert not (adapters / "checkpoints" / "location").exists()  # removed once the stage is done
 
     # The reasoning adapter reloads onto the base and changes its output.
@@ -109,14 +117,34 @@ def test_train_and_eval_commands_run_both_stages_and_score_the_test_split(demo_s
     assert metrics["n"] == 4 and metrics["model"] == "base+reasoning+location"
     assert metrics["country_accuracy"] >= 0.75 and metrics["parse_failure_rate"] <= 0.25
     assert runs(demo_settings, "location")[0].metrics["test"]["n"] == 4  # attached to the run that made the adapters
+    assert metrics["adapter_runs"] == {"reasoning": reasoning_run.id, "location": location_run.id}
+    # The stored answers and the split's labels give back the same metrics.
+    lines = [json.loads(line) for line in Path(metrics["predictions"]).read_text().splitlines()]
+    labels = {e.id: e for e in (Example.from_line(line) for line in location_file(export, "test").read_text().splitlines())}
+    assert sorted(line["id"] for line in lines) == sorted(labels)
+    assert all(line["truth_code"] == labels[line["id"]].country_code for line in lines)
+    recomputed = geo_metrics(lines)
+    assert {k: metrics[k] for k in recomputed} == recomputed
 
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"not an image")
     images = [export / "images" / "test-0-PL.png", Image.open(export / "images" / "test-1-DE.png"), corrupt]
-    predictions = predict(images, None, demo_settings)
+    predictions = predict(images, "tiny", demo_settings)
     assert [p.country_code for p in predictions[:2]] == [PLACES[0][0], PLACES[1][0]]
     assert predictions[0].city == "Krakow"
-    assert not predictions[2].parsed and "unreadable image" in predictions[2].error
+    assert not predictions[2].parsed and "unreadable image" in predictions[2].error and predictions[2].unreadable
+
+    # The CLI: one JSON line per image; the corrupt one has its error and a quarantine record, and the exit is 1.
+    answered = runner.invoke(app, ["predict", str(images[0]), str(corrupt), str(tmp_path / "missing.jpg"),
+                                   "--export", "tiny"])
+    assert answered.exit_code == 1, answered.output
+    first, bad, missing = [json.loads(line) for line in answered.stdout.splitlines()]
+    assert first["image"] == str(images[0]) and first["country"] == "Poland" and first["city"] == "Krakow"
+    assert set(first) >= {"image", "country", "city", "reasons", "raw"} and "error" not in first
+    assert "unreadable image" in bad["error"] and "missing.jpg" in missing["error"]
+    with session_scope(demo_settings.database_url) as s:
+        refs = set(s.scalars(select(Quarantine.reference).where(Quarantine.item_kind == "prediction_image")))
+    assert refs == {str(corrupt.resolve()), str((tmp_path / "missing.jpg").resolve())}
 
 
 def test_a_crashed_stage_resumes_from_its_last_checkpoint(demo_settings, tmp_path):
@@ -172,8 +200,8 @@ def test_the_base_model_alone_is_evaluated_and_garbage_answers_never_break_the_b
 
     from geocurate.errors import UserError
 
-    with pytest.raises(UserError, match="no trained adapters"):
-        predict([export / "images" / "test-0-PL.png"], None, demo_settings)
+    with pytest.raises(UserError, match="no trained adapters for export 'export'"):
+        predict([export / "images" / "test-0-PL.png"], "export", demo_settings)
 
 
 def test_labels_cover_the_answer_tokens_only(tiny_model_dir, tmp_path):

@@ -17,7 +17,8 @@ def test_a_run_is_tracked_from_start_to_resume_to_done(store_url, tmp_path):
         assert export_id is not None
         assert runs.export_id_for_path(s, tmp_path / "elsewhere") is None
         run_id = runs.start_run(s, stage="location", export_path=str(export), export_id=export_id,
-                                config={"lora_rank": 8}, adapter_path=adapter)
+                                config={"lora_rank": 8}, adapter_path=adapter, export_name="tiny",
+                                base_model="/models/qwen2-vl-2b")
     with session_scope(store_url) as s:
         runs.set_checkpoint(s, run_id, "/ckpt/checkpoint-2")
         runs.fail_run(s, run_id, "KeyboardInterrupt: simulated")
@@ -28,11 +29,14 @@ def test_a_run_is_tracked_from_start_to_resume_to_done(store_url, tmp_path):
         runs.restart_run(s, run_id, {"lora_rank": 8})
     with session_scope(store_url) as s:
         assert runs.get_run(s, run_id).status == "running" and runs.get_run(s, run_id).error is None
-        runs.finish_run(s, run_id, {"steps": 4, "last_loss": 0.1})
+        runs.finish_run(s, run_id, {"steps": 4, "last_loss": 0.1}, adapter_sha256="ab" * 32)
     with session_scope(store_url) as s:
         assert runs.resumable_run(s, stage="location", export_path=str(export), adapter_path=adapter) is None
         done = runs.latest_done_run(s, stage="location", adapter_path=adapter)
         assert done.id == run_id and done.finished_at is not None and done.export_id == export_id
+        assert (done.export_name, done.base_model, done.adapter_sha256) == ("tiny", "/models/qwen2-vl-2b", "ab" * 32)
+        assert runs.latest_done_run(s, stage="location", export_name="tiny").id == run_id
+        assert runs.latest_done_run(s, stage="location", export_name="tiny-v2") is None
         runs.add_metrics(s, run_id, "test", {"country_accuracy": 0.5})
     with session_scope(store_url) as s:
         assert runs.get_run(s, run_id).metrics == {"steps": 4, "last_loss": 0.1, "test": {"country_accuracy": 0.5}}

@@ -23,6 +23,7 @@ class Prediction:
     reasons: str | None = None
     repaired: bool = False  # parsed only after fixing the JSON
     error: str | None = None  # why nothing could be read (unparsed answers, unreadable images)
+    unreadable: bool = False  # the input image could not be opened: bad input, not a model answer
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,8 +2,11 @@
 trained adapter always says how it was made.
 
 Defaults follow Qwen-VL's LoRA fine-tuning recipe that GeoReasoner builds on (rank 64, alpha 16, dropout 0.05, cosine
-schedule, weight decay 0.1, vision tower fixed), with a learning rate suited to LoRA. Overrides come from a JSON file
-named by the `training_config` setting, or from code (`TrainingConfig(...)`, `config.replace(...)`).
+schedule, weight decay 0.1, vision tower fixed), with a learning rate suited to LoRA. They are sized for thousands of
+examples: on a dozen, batch 2 × 8 accumulation makes one optimiser step per epoch, three in all, and the first is
+spent warming the learning rate up from 0. A preset (the `train_preset` setting) swaps in values made for such tiny
+exports; overrides then come from a JSON file named by the `training_config` setting, or from code
+(`TrainingConfig(...)`, `config.replace(...)`).
 """
 
 from __future__ import annotations
@@ -89,14 +92,40 @@ class TrainingConfig:
         return cls.from_dict(json.loads(path.read_text()))
 
 
+# Presets: changes to the defaults, by name. `small` is for exports of a few dozen to a few hundred examples (a demo,
+# a first look at a new country): every example is its own step's batch member (batch 4, no accumulation), so there
+# are steps to learn from; no warm-up, which on a handful of steps is most of the run; a constant learning rate 10×
+# the default, with a smaller rank (16, alpha 32) that a few examples can fit; 8 epochs; the loss logged every step.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "small": dict(
+        lora_rank=16, lora_alpha=32, learning_rate=1e-3, warmup_ratio=0.0, lr_scheduler="constant", epochs=8.0,
+        batch_size=4, gradient_accumulation=1, logging_steps=1, save_steps=50,
+    ),
+}
+
+
+def preset_config(name: str) -> TrainingConfig:
+    from geocurate.errors import UserError
+
+    if name not in PRESETS:
+        raise UserError(f"unknown training preset {name!r}: use one of {', '.join(PRESETS)}")
+    return TrainingConfig(**PRESETS[name])
+
+
 def config_from_settings(settings) -> TrainingConfig:
-    """The defaults, overridden by the JSON file the `training_config` setting names (a partial dict is fine)."""
+    """The `train_preset` setting's values (the defaults unless set), overridden by the JSON file the
+    `training_config` setting names (a partial dict is fine)."""
+    base = preset_config(getattr(settings, "train_preset", None) or "default")
     path = getattr(settings, "training_config", None)
     if not path:
-        return TrainingConfig()
+        return base
     from geocurate.errors import UserError
 
     try:
-        return TrainingConfig.from_dict(json.loads(Path(path).read_text()))
+        overrides = json.loads(Path(path).read_text())
+        if not isinstance(overrides, dict):
+            raise ValueError("the file must hold one JSON object of TrainingConfig keys")
+        return TrainingConfig.from_dict({**base.to_dict(), **overrides})
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"cannot read the training config {path}: {exc}") from None

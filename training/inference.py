@@ -1,16 +1,18 @@
 """Answering "where is this?" with the base model and the trained adapters, applied in training order: the reasoning
 adapter merged into the base, then the location adapter merged on top (what stage 2 was trained against).
 
-The model is loaded once per process and per adapters folder (reloaded when an adapter file changes). A batch never
-fails because of one answer or one image: bad JSON is repaired or kept as an unparsed Prediction, and an unreadable
-image becomes a Prediction with its error.
+The adapters are the named export's own set (`<adapters_dir>/<export>/`, or a folder given), and each stage folder is
+checked against the training run that wrote it before it is loaded (training/adapters.py): weights of another export,
+or files changed since their run, are refused rather than silently answering. The model is loaded once per process
+and per adapter set (reloaded when an adapter file changes). A batch never fails because of one answer or one image:
+bad JSON is repaired or kept as an unparsed Prediction, and an unreadable image becomes a Prediction with its error.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ from geocurate.errors import UserError
 from geocurate.export_format import PROMPT
 from training.answers import Prediction, parse_answer
 from training.config import TrainingConfig, config_from_settings
-from training.stages import ADAPTER_WEIGHTS, STAGES, adapter_dir, has_adapter, resolve_precision, torch_dtype
+from training.adapters import AdapterCheck, check_adapter
+from training.stages import STAGES, adapter_dir, has_adapter, resolve_adapter_set, resolve_precision, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,8 @@ class GeoModel:
     device: Any
     config: TrainingConfig
     adapters: list[str]  # adapter folders merged in, in order; empty for the base model
+    checks: list[AdapterCheck] = field(default_factory=list)  # the training run behind each adapter folder
+    base_path: str | None = None  # hub id or absolute local path of the base model
 
     def generate(self, images: list[Image.Image], prompt: str = PROMPT) -> list[str]:
         import torch
@@ -56,8 +61,8 @@ class GeoModel:
                 try:
                     opened.append((index, to_rgb(item)))
                     chunk.append(None)
-                except (OSError, ValueError) as exc:
-                    chunk.append(Prediction(raw="", parsed=False, error=f"unreadable image: {exc}"))
+                except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                    chunk.append(Prediction(raw="", parsed=False, error=f"unreadable image: {exc}", unreadable=True))
             if opened:
                 for (index, _), text in zip(opened, self.generate([image for _, image in opened], prompt)):
                     chunk[index] = parse_answer(text.strip())
@@ -72,8 +77,8 @@ def to_rgb(item: Image.Image | str | Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def adapter_chain(adapters_dir: Path) -> list[Path]:
-    return [adapter_dir(adapters_dir, stage) for stage in STAGES if has_adapter(adapter_dir(adapters_dir, stage))]
+def adapter_chain(adapter_set: Path) -> list[Path]:
+    return [adapter_dir(adapter_set, stage) for stage in STAGES if has_adapter(adapter_dir(adapter_set, stage))]
 
 
 def inference_config(chain: list[Path], settings) -> TrainingConfig:
@@ -100,33 +105,43 @@ def build_geo_model(base_path: str, chain: list[Path], config: TrainingConfig, d
         for path in chain:
             model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     model.eval()
-    return GeoModel(model, processor, family, device, config, [str(p) for p in chain])
+    return GeoModel(model, processor, family, device, config, [str(p) for p in chain], base_path=base_path)
 
 
 _LOADED: dict[tuple, GeoModel] = {}
 
 
-def load_geo_model(adapters_dir: Path | None, settings, base_only: bool = False) -> GeoModel:
-    """The base model with every trained adapter of `adapters_dir` (None: settings.adapters_dir) merged in."""
+def load_geo_model(export_name: str, settings, adapters_dir: Path | None = None,
+                   base_only: bool = False) -> GeoModel:
+    """The base model with every trained adapter of the export's adapter set merged in: `adapters_dir` when given
+    (a set folder with reasoning/ and location/ inside), else `<settings.adapters_dir>/<export_name>/`. Each adapter
+    must belong to `export_name` and match its training run's recorded sha256 (AdapterMismatch otherwise)."""
     from training.model_family import base_model_path
 
-    adapters_dir = Path(adapters_dir or settings.adapters_dir).resolve()
-    chain = [] if base_only else adapter_chain(adapters_dir)
+    adapter_set = resolve_adapter_set(adapters_dir, export_name, settings)
+    chain = [] if base_only else adapter_chain(adapter_set)
     if not base_only and not chain:
         raise UserError(
-            f"no trained adapters in {adapters_dir}: run `geocurate train EXPORT` first, or evaluate with --base-only"
+            f"no trained adapters for export {export_name!r} in {adapter_set}: run `geocurate train {export_name}` "
+            f"first, or evaluate with --base-only"
         )
+    checks = [check_adapter(path, export_name, settings.database_url) for path in chain]
     base_path = base_model_path(settings)
-    stamps = tuple((str(p), (p / ADAPTER_WEIGHTS).stat().st_mtime_ns) for p in chain if (p / ADAPTER_WEIGHTS).exists())
+    for check in checks:
+        if check.base_model and check.base_model != base_path:
+            log.warning("%s was trained on %s; loading it on %s", check.path, check.base_model, base_path)
+    stamps = tuple((str(check.path), check.sha256) for check in checks)  # the checked content, not mtimes
     key = (base_path, stamps, base_only, settings.device)
     if key not in _LOADED:
         _LOADED.clear()  # one model per process: a new adapter set replaces the old one
         log.info("loading %s with adapters %s", base_path, [p.name for p in chain] or "none")
         _LOADED[key] = build_geo_model(base_path, chain, inference_config(chain, settings), settings.device)
+    _LOADED[key].checks = checks
     return _LOADED[key]
 
 
-def predict(images: Sequence[Image.Image | str | Path], adapters_dir: Path | None, settings,
+def predict(images: Sequence[Image.Image | str | Path], export_name: str, settings, adapters_dir: Path | None = None,
             base_only: bool = False) -> list[Prediction]:
-    """Country, city and reasons for each image (PIL images or paths); see Prediction for unparsed answers."""
-    return load_geo_model(adapters_dir, settings, base_only).predict(images)
+    """Country, city and reasons for each image (PIL images or paths) from the export's adapters; see Prediction
+    for unparsed answers."""
+    return load_geo_model(export_name, settings, adapters_dir, base_only).predict(images)

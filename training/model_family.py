@@ -8,6 +8,7 @@ Qwen2-VL (and Qwen2.5-VL, same layout) is the default family.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 
@@ -16,8 +17,11 @@ def base_model_path(settings) -> str:
     if settings.demo_models:
         from training.demo_model import build_demo_model, demo_model_dir
 
-        return str(build_demo_model(demo_model_dir(settings)))
-    return settings.vlm_model
+        return str(Path(build_demo_model(demo_model_dir(settings))).resolve())
+    # A local folder is recorded (training_runs.base_model, stage.json) as an absolute path, so the record says
+    # which weights were meant whatever directory the command ran in; a hub id stays as it is.
+    local = Path(settings.vlm_model).expanduser()
+    return str(local.resolve()) if local.exists() else settings.vlm_model
 
 
 @dataclass

@@ -5,11 +5,15 @@ merges the reasoning adapter into its weights (the recommended way to stack LoRA
 of a frozen base), and trains a new adapter `location` on the locatable geo-tagged images. Inference applies both in
 the same order (training/inference.py).
 
-Layout under the adapters folder (settings.adapters_dir unless given):
+Each export trains its own adapter set, `<settings.adapters_dir>/<export name>/` unless a folder is given, so a
+second export never overwrites the first one's weights:
 
-    <adapters>/reasoning/            adapter_model.safetensors, adapter_config.json, training_config.json, stage.json
-    <adapters>/location/             the same
-    <adapters>/checkpoints/<stage>/  Trainer checkpoints while a stage runs (removed when it finishes)
+    <set>/reasoning/            adapter_model.safetensors, adapter_config.json, training_config.json, stage.json
+    <set>/location/             the same
+    <set>/checkpoints/<stage>/  Trainer checkpoints while a stage runs (removed when it finishes)
+
+The run's row records the export's name, the base model and the sha256 over the stage folder's files
+(training/adapters.py), which evaluation and inference check before loading.
 
 Each stage is a training_runs row in the store of the settings the stage is given (never the process's global
 settings: a caller that trains for another store gets its rows there). A stage that crashed is resumed from its last
@@ -29,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from geocurate.errors import UserError
+from training.adapters import ADAPTER_WEIGHTS, STAGE_INFO, adapter_digest, adapter_set_dir, export_name_of
 from training.config import TrainingConfig, config_from_settings
 
 log = logging.getLogger(__name__)
 
 STAGES = ("reasoning", "location")
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-STAGE_INFO = "stage.json"
 RESUME_KEY = "resume.json"
 
 
@@ -47,18 +50,24 @@ class StageResult:
     adapter_path: str | None = None
     resumed_from: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = None  # over the adapter folder's files, as recorded on the run's row
 
 
-def adapter_dir(adapters_dir: Path, stage: str) -> Path:
-    return Path(adapters_dir) / stage
+def adapter_dir(adapter_set: Path, stage: str) -> Path:
+    return Path(adapter_set) / stage
+
+
+def resolve_adapter_set(adapters: Path | None, export_name: str, settings) -> Path:
+    """The adapter set folder to use: the one given, else the export's own under settings.adapters_dir."""
+    return Path(adapters or adapter_set_dir(settings.adapters_dir, export_name)).resolve()
 
 
 def has_adapter(path: Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
-def checkpoint_dir(adapters_dir: Path, stage: str) -> Path:
-    return Path(adapters_dir) / "checkpoints" / stage
+def checkpoint_dir(adapter_set: Path, stage: str) -> Path:
+    return Path(adapter_set) / "checkpoints" / stage
 
 
 def last_checkpoint(directory: Path) -> Path | None:
@@ -212,12 +221,14 @@ def train_stage(export_dir, stage: str, settings, config: TrainingConfig | None 
                 export_id: int | None = None, adapters_dir: Path | None = None,
                 callbacks: list | None = None) -> StageResult:
     """Train one stage on an export folder; returns its run id, adapter folder and metrics. The base model, device
-    and the store the run is recorded in are those of `settings`.
+    and the store the run is recorded in are those of `settings`. `adapters_dir` is the adapter set folder (stage
+    folders inside); None means the export's own, `<settings.adapters_dir>/<export name>/`.
 
     `callbacks` are extra transformers TrainerCallbacks (progress reporting, tests that simulate a crash)."""
     from db import training as runs
     from db.engine import session_scope
     from training.data import load_examples
+    from training.adapters import check_adapter, refuse_foreign
     from training.model_family import base_model_path
 
     if stage not in STAGES:
@@ -227,8 +238,10 @@ def train_stage(export_dir, stage: str, settings, config: TrainingConfig | None 
     export_dir = Path(export_dir).resolve()
     if not export_dir.is_dir():
         raise UserError(f"export folder {export_dir} does not exist")
-    adapters_dir = Path(adapters_dir or settings.adapters_dir).resolve()
+    export_name = export_name_of(export_dir)
+    adapters_dir = resolve_adapter_set(adapters_dir, export_name, settings)
     output = adapter_dir(adapters_dir, stage)
+    refuse_foreign(output, export_name)  # a set folder given by hand may hold another export's adapter
 
     examples, rejected = load_examples(export_dir, stage, "train")
     quarantine_rejects(rejected, url)
@@ -247,6 +260,8 @@ def train_stage(export_dir, stage: str, settings, config: TrainingConfig | None 
     if merged is not None and not has_adapter(merged):
         log.warning("no reasoning adapter in %s: the location stage starts from the plain base model", adapters_dir)
         merged = None
+    if merged is not None:
+        check_adapter(merged, export_name, url)  # never stack another export's (or a changed) reasoning stage
     base_path = base_model_path(settings)
     identity = resume_identity(export_dir, stage, base_path, config, merged)
     checkpoints = checkpoint_dir(adapters_dir, stage)
@@ -263,28 +278,30 @@ def train_stage(export_dir, stage: str, settings, config: TrainingConfig | None 
             if previous is not None:
                 runs.fail_run(session, previous.id, previous.error or "superseded by a new run (no usable checkpoint)")
             run_id = runs.start_run(session, stage=stage, export_path=str(export_dir), export_id=export_id,
-                                    config=config.to_dict(), adapter_path=str(output))
+                                    config=config.to_dict(), adapter_path=str(output), export_name=export_name,
+                                    base_model=base_path)
 
     try:
         result = _run_trainer(
             stage=stage, settings=settings, config=config, export_dir=export_dir, examples=examples,
             val_examples=val_examples, base_path=base_path, merged=merged, checkpoints=checkpoints,
-            resume_from=resume_from, output=output, run_id=run_id, callbacks=callbacks or [],
+            resume_from=resume_from, output=output, run_id=run_id, callbacks=callbacks or [], export_name=export_name,
         )
     except BaseException as exc:
         with session_scope(url) as session:
             runs.fail_run(session, run_id, "".join(traceback.format_exception_only(type(exc), exc)).strip())
         raise
     result.metrics.update(examples=len(examples), rejected=len(rejected), reasoning_merged=merged is not None)
+    result.sha256 = adapter_digest(output)
     with session_scope(url) as session:
-        runs.finish_run(session, run_id, result.metrics, adapter_path=str(output))
+        runs.finish_run(session, run_id, result.metrics, adapter_path=str(output), adapter_sha256=result.sha256)
     shutil.rmtree(checkpoints, ignore_errors=True)
     result.run_id = run_id
     return result
 
 
 def _run_trainer(*, stage, settings, config, export_dir, examples, val_examples, base_path, merged, checkpoints,
-                 resume_from, output, run_id, callbacks) -> StageResult:
+                 resume_from, output, run_id, callbacks, export_name) -> StageResult:
     from peft import get_peft_model
     from transformers import Trainer, set_seed
 
@@ -332,7 +349,7 @@ def _run_trainer(*, stage, settings, config, export_dir, examples, val_examples,
     config.save(output)
     (output / STAGE_INFO).write_text(json.dumps({
         "stage": stage, "base_model": base_path, "family": family.name, "export": str(export_dir),
-        "merged_before": str(merged) if merged else None, "run_id": run_id,
+        "export_name": export_name, "merged_before": str(merged) if merged else None, "run_id": run_id,
     }, indent=2))
     return StageResult(stage=stage, status="done", adapter_path=str(output),
                        resumed_from=str(resume_from) if resume_from else None, metrics=metrics)

@@ -17,7 +17,9 @@ DEMO_BANNER = "demo models — scores are not meaningful (tiny random-weight mod
 
 # Random-weight models give low, narrow locatabilities (0.28–0.36 on the sample, a few at 0), so the demo puts its
 # threshold and review band inside that range instead of the paper's 0.4 (some images kept, some sent to the local
-# review queue, some dropped), and a coarser SAM point grid keeps it within minutes on 2 cores.
+# review queue, some dropped), and a coarser SAM point grid keeps it within minutes on 2 cores. The export has about
+# a dozen location examples: the `small` training preset gives them steps to learn from, so the loss visibly falls
+# (the defaults, sized for thousands of examples, ran 3 steps there, the first at learning rate 0).
 # A value the user set in the environment wins.
 DEMO_SETTINGS = {
     "GEOCURATE_DEMO_MODELS": "true",
@@ -25,6 +27,7 @@ DEMO_SETTINGS = {
     "GEOCURATE_REVIEW_BAND_LOW": "0.29",
     "GEOCURATE_REVIEW_BAND_HIGH": "0.31",
     "GEOCURATE_SAM_POINTS_PER_SIDE": "8",
+    "GEOCURATE_TRAIN_PRESET": "small",
 }
 
 
@@ -51,8 +54,8 @@ def demo(
     console = Console()
     console.print(f"[bold yellow]{DEMO_BANNER}[/]")
     console.print(f"demo threshold {settings.threshold} (paper: 0.4), review band [{settings.review_band_low}, "
-                  f"{settings.review_band_high}), SAM grid {settings.sam_points_per_side}²; "
-                  f"store {mask_url(settings.database_url)}")
+                  f"{settings.review_band_high}), SAM grid {settings.sam_points_per_side}², training preset "
+                  f"{settings.train_preset}; store {mask_url(settings.database_url)}")
 
     sample = generate_sample(Path(settings.data_dir) / "sample", n_images=images, n_clues=clues, seed=seed)
     console.print(f"sample: {describe(sample)}")
@@ -103,9 +106,22 @@ def summary_table(url: str, export_name: str, report_dir: Path, seconds: float):
             table.add_row(f"export {export_name}: reasoning/{part}", str(n))
         table.add_row("export folder", export.path)
     for run in runs:
-        table.add_row(f"training {run.stage}", f"{run.status} {run.adapter_path or ''}")
+        table.add_row(f"training {run.stage}", run_summary(run))
     table.add_row("threshold report", str(report_dir / "report.html"))
     return table
+
+
+def run_summary(run) -> str:
+    """A training run in one cell: status, how the loss moved over how many steps, where its adapter is."""
+    metrics = run.metrics or {}
+    parts = [run.status]
+    if run.stage != "eval" and "first_loss" in metrics and "last_loss" in metrics:
+        parts.append(f"loss {metrics['first_loss']:.2f} -> {metrics['last_loss']:.2f} in {metrics.get('steps')} steps")
+    if run.stage == "eval" and metrics.get("n") is not None:
+        parts.append(f"{metrics['n']} test images")
+    if run.adapter_path:
+        parts.append(run.adapter_path)
+    return ", ".join(parts)
 
 
 def register(app: typer.Typer, ingest_app: typer.Typer) -> None:
