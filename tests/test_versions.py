@@ -186,3 +186,20 @@ def test_export_applies_the_versions_threshold(store_url, tmp_path):
         usable = usable_counts(s, params.resolved(s))
         assert s.get(ScorerVersion, version).weights == list(REFERENCE_WEIGHTS)
     assert (usable.scored, usable.kept, usable.pending, usable.quarantined) == (6, 4, 0, 0)
+
+
+def test_threshold_report_states_the_versions_rule(store_url):
+    from curation.thresholds import collect
+    from curation.thresholds.render import marked_thresholds, version_line
+
+    version, ids = seed_version(store_url, [0.1, 0.3, 0.4, 0.5, 0.7], threshold=0.35, band=(0.25, 0.45))
+    with session_scope(store_url) as s:
+        s.add_all([ReviewTask(item_kind="image", item_id=ids[1], state="pending"),
+                   ReviewTask(item_kind="image", item_id=ids[2], state="done", final_label="not_locatable")])
+        s.flush()
+        stats = collect(s, version)
+    assert stats.rule == DecisionRule(0.35, 0.25, 0.45)
+    assert stats.kept_at_rule == 2 and stats.pending == 1  # 0.5, 0.7 (0.4 dropped by its reviewer); 0.3 waits
+    assert 0.35 in marked_thresholds(stats)
+    assert version_line(stats) == ("This version keeps at ≥ 0.35 (2 images) and sends [0.25, 0.45) to review "
+                                   "(1 still waiting for a reviewer).")

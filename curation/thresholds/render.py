@@ -24,10 +24,21 @@ def _pyplot():
     return plt
 
 
-def _mark_paper(ax, best: float | None = None) -> None:
+def _mark_paper(ax, best: float | None = None, version: float | None = None) -> None:
     ax.axvline(PAPER_THRESHOLD, color="crimson", linestyle="--", label=f"paper {PAPER_THRESHOLD}")
     if best is not None:
         ax.axvline(best, color="seagreen", linestyle=":", label=f"best F1 {best:.2f}")
+    if version is not None and version != PAPER_THRESHOLD:
+        ax.axvline(version, color="royalblue", linestyle="-.", label=f"this version {version:g}")
+
+
+def version_line(stats: ThresholdStats) -> str:
+    """The version's own rule in words: what it keeps and how many of its band's images wait for review."""
+    if stats.rule is None:
+        return "This version recorded no threshold or review band."
+    rule = stats.rule
+    return (f"This version keeps at ≥ {rule.threshold:g} ({stats.kept_at_rule:,} images) and sends "
+            f"[{rule.review_low:g}, {rule.review_high:g}) to review ({stats.pending:,} still waiting for a reviewer).")
 
 
 def plot_files(stats: ThresholdStats, out_dir: Path) -> dict[str, Path]:
@@ -46,7 +57,7 @@ def plot_files(stats: ThresholdStats, out_dir: Path) -> dict[str, Path]:
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(edges[:-1], stats.histogram, width=1 / HISTOGRAM_BINS, align="edge", color="steelblue")
-    _mark_paper(ax)
+    _mark_paper(ax, version=stats.rule.threshold if stats.rule else None)
     ax.set(xlabel="locatability", ylabel="images", title=f"Locatability, all images ({stats.total:,})")
     ax.legend()
     save(fig, "histogram.png", "Locatability histogram")
@@ -72,7 +83,7 @@ def plot_files(stats: ThresholdStats, out_dir: Path) -> dict[str, Path]:
         ax.set_ylim(0, 1.05)
     else:
         ax.text(0.5, 0.5, "no human labels yet", ha="center", transform=ax.transAxes)
-    _mark_paper(ax, stats.best_threshold)
+    _mark_paper(ax, stats.best_threshold, stats.rule.threshold if stats.rule else None)
     ax.set(xlabel="threshold", title=f"Keep vs human label ({stats.labelled} labelled images)")
     ax.legend(fontsize=8)
     save(fig, "precision_recall.png", "Precision, recall and F1 against human labels")
@@ -92,7 +103,7 @@ def plot_files(stats: ThresholdStats, out_dir: Path) -> dict[str, Path]:
         values = np.asarray([getattr(r, key) for r in stats.rows], dtype=float)
         peak = values.max() if values.size and values.max() > 0 else 1.0
         ax.plot(thresholds, values / peak, marker="o", ms=3, color=color, label=f"{key} (max {int(peak):,})")
-    _mark_paper(ax)
+    _mark_paper(ax, version=stats.rule.threshold if stats.rule else None)
     ax.set(xlabel="threshold", ylabel="share of the largest", title="Dataset size vs threshold (quality vs quantity)",
            ylim=(0, 1.05))
     ax.legend(fontsize=8)
@@ -122,9 +133,14 @@ def threshold_table_rows(stats: ThresholdStats) -> list[list[str]]:
 THRESHOLD_HEADERS = ["threshold", "images kept", "countries", "cities", "precision", "recall", "F1"]
 
 
+def marked_thresholds(stats: ThresholdStats) -> set[float | None]:
+    """Rows highlighted in the tables: the paper's threshold, the best F1 and the version's own."""
+    return {PAPER_THRESHOLD, stats.best_threshold, stats.rule.threshold if stats.rule else None}
+
+
 def write_html(stats: ThresholdStats, plots: dict[str, Path], out_dir: Path, fit: WeightFit | None = None,
                fit_note: str | None = None) -> Path:
-    marked = {i for i, r in enumerate(stats.rows) if r.threshold in (PAPER_THRESHOLD, stats.best_threshold)}
+    marked = {i for i, r in enumerate(stats.rows) if r.threshold in marked_thresholds(stats)}
     figures = "".join(
         f'<figure><img class="plot" alt="{html.escape(title)}" src="data:image/png;base64,'
         f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(title)}</figcaption></figure>'
@@ -157,6 +173,7 @@ tr.mark {{ background: #fff3c4; }} figure {{ margin: 1.5em 0; }} img.plot {{ max
 <body>
 <h1>Threshold report</h1>
 <p>Scorer version <code>{html.escape(stats.scorer_version)}</code>. {html.escape(summary)}</p>
+<p>{html.escape(version_line(stats))}</p>
 <h2>What each threshold keeps</h2>
 {_table(THRESHOLD_HEADERS, threshold_table_rows(stats), marked)}
 <h2>Plots</h2>

@@ -2,7 +2,8 @@
 
 Only aggregates are kept (histograms, per-place maxima, the few human-labelled rows), so the report reads a million
 scores in constant memory. "Kept at t" applies the final decision (curation.decisions): a human label wins at
-every threshold, quarantined images never count.
+every threshold, quarantined images never count. The version's own threshold and review band (stored with it) are
+reported beside the sweep: what this version keeps, and how many of its band's images still wait for a reviewer.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy.orm import Session
 
-from curation.decisions import DROP_LABELS, KEEP_LABELS, decided_images
+from curation.decisions import DROP_LABELS, KEEP_LABELS, DecisionRule, decided_images, pending_images
+from db.scores import scorer_params
 from db.exports import stream
 
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
@@ -54,6 +56,9 @@ class ThresholdStats:
     best_threshold: float | None
     best_f1: float | None
     calibration: list[CalibrationRow] = field(default_factory=list)
+    rule: DecisionRule | None = None  # the version's threshold and band (None: registered without them)
+    kept_at_rule: int | None = None  # images the version's threshold keeps (human labels applied)
+    pending: int | None = None  # images in the version's band whose review is still open
 
 
 def _bin(values: np.ndarray, bins: int) -> np.ndarray:
@@ -96,9 +101,13 @@ def collect(session: Session, scorer_version: str) -> ThresholdStats:
     city_level: dict[tuple[str, str], int] = {}
     labelled_scores, labelled_positive = [], []
     total = 0
+    rule = DecisionRule.from_params(scorer_params(session, scorer_version))
+    kept_at_rule = 0
     for locatability, country, city, label in stream(session, stmt):
         total += 1
         score = float(locatability)
+        if rule is not None and label not in DROP_LABELS and (label in KEEP_LABELS or score >= rule.threshold):
+            kept_at_rule += 1
         b = min(max(int(score * HISTOGRAM_BINS), 0), HISTOGRAM_BINS - 1)
         histogram[b] += 1
         country = (country or "??").upper()
@@ -137,4 +146,7 @@ def collect(session: Session, scorer_version: str) -> ThresholdStats:
         histogram_by_country=dict(sorted(by_country.items(), key=lambda kv: -int(kv[1].sum()))), rows=rows,
         labelled=len(scores), positives=int(positive.sum()), best_threshold=best.threshold if best else None,
         best_f1=best.f1 if best else None, calibration=calibration_table(scores, positive) if len(scores) else [],
+        rule=rule, kept_at_rule=kept_at_rule if rule is not None else None,
+        pending=int(session.execute(pending_images(scorer_version, rule.band, rule.threshold,
+                                                   require_location=False)).one()[0] or 0) if rule else None,
     )

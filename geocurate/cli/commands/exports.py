@@ -110,7 +110,7 @@ def thresholds_report(
     from rich.table import Table
 
     from curation.thresholds import build_report
-    from curation.thresholds.render import THRESHOLD_HEADERS, threshold_table_rows
+    from curation.thresholds.render import THRESHOLD_HEADERS, marked_thresholds, threshold_table_rows, version_line
     from db.engine import check_connection
 
     settings = get_settings()
@@ -121,12 +121,13 @@ def thresholds_report(
     for header in THRESHOLD_HEADERS:
         table.add_column(header, justify="right")
     for row, values in zip(stats.rows, threshold_table_rows(stats)):
-        style = "bold yellow" if row.threshold in (0.4, stats.best_threshold) else None
+        style = "bold yellow" if row.threshold in marked_thresholds(stats) else None
         table.add_row(*values, style=style)
     console = Console()
     console.print(table)
     if stats.best_threshold is not None:
         console.print(f"best F1 {stats.best_f1:.3f} at threshold {stats.best_threshold:.2f} (paper: 0.4)")
+    console.print(version_line(stats))
     if report.fit is not None:
         fit = report.fit
         console.print(f"re-fitted weights: held-out AUC {fit.fitted_auc:.3f} vs reference {fit.reference_auc:.3f} "
