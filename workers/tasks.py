@@ -15,6 +15,7 @@ from celery import Task
 from db import batches
 from db.engine import session_scope
 from db.heartbeat import is_dead_local, worker_id
+from geocurate.errors import UserError
 from geocurate.retry import backoff_delay, is_transient
 from geocurate.settings import Settings, get_settings
 from workers import pipeline, process
@@ -90,6 +91,8 @@ def run_batch(task: Task, batch_id: int) -> dict[str, Any]:
         _quietly("mark failed", lambda: _in_store(url, batches.fail, claim, f"{type(exc).__name__}: {exc}"))
         record_failure(task, exc, arguments, settings)
         _quietly("hand-over", lambda: pipeline.after_batch(claim.run_id, claim.step, settings))
+        if isinstance(exc, UserError):  # a refused request (an export name taken by other content): its message is
+            return {"batch_id": batch_id, "failed": str(exc)}  # the whole story; no traceback in the worker's log
         raise
     except BaseException:  # SIGTERM (ShutdownRequested), KeyboardInterrupt: give the batch back, then go
         _hand_back(url, claim)
