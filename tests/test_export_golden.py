@@ -21,15 +21,15 @@ from geocurate.settings import get_settings
 from tests.test_export import EMBEDDING_VERSION, seed_store, sha
 
 # manifest.json's `content_hash`; the same on SQLite and PostgreSQL
-LINKED_HASH = "a606b23a78c4e2730b0f44ff2c4f80346c2357d1fc4fbee1ab28ace50ae15db9"
-COPIED_HASH = "b585a861e584a6a4b5905015a652d2989bab85fca440967ea6417d3444496ac0"
+LINKED_HASH = "2e2fa16c1f393a30f8b29b8b6db3c3459017365c0d634d2ff3b2ff1ac52c5a08"
+COPIED_HASH = "1ae597c00b0e622d00f71c702cfb764421d6f7f7e530e8f6c48e624319f55bd4"
 # sha256 of: the manifest without its creation time, every symlink's target (or copy's bytes), the export's items
-LINKED_DIGESTS = {"manifest": "93ab6276076c9390fa4fc365d529656e14cf20913db60d705abd6ad34e6af877",
+LINKED_DIGESTS = {"manifest": "4005b67110d82943b80a263c7ae10f30db5f2f8244b59ca937ef68047f7e9712",
                   "links": "c310c3ab5d64129fd87b7e3036104682667740968f38ff15ba3ffa764047fa97",
-                  "items": "b61b5a4f3ef362916a1c151bd85c970086141f7f5bc74d26a7aff3b34c7cd703"}
-COPIED_DIGESTS = {"manifest": "ed070598a39a52484ff01773a0b224f42744a835feaac1a8083d3ac12a623e94",
+                  "items": "dc3ab1c277142064372f9e8c6798b267a8d05f2024c5c512904aa1b5890e9cba"}
+COPIED_DIGESTS = {"manifest": "babcbfee9c0914eabf52dcf2a3ce2c64a3a59a9276f1a486f4a9b9f5f4dd5073",
                   "copies": "0a5005b0f50211475db195a720b339d5135e2c3187c67562f6fcd46aeef982a6",
-                  "items": "0e32c5e94c75d81f48f786dfc02df10c02d9c79796f09df7a7ce8c2c2e35d053"}
+                  "items": "93c946ba8d3a06eb56a388a564fe7dd637f81fc8ce1c8859a277cfd4450a1d7f"}
 
 
 def golden_store(url: str, image_dir: Path) -> None:
@@ -107,6 +107,7 @@ def test_export_bytes_are_unchanged(store_url, tmp_path):
     assert found == {"linked": (LINKED_HASH, LINKED_DIGESTS), "copied": (COPIED_HASH, COPIED_DIGESTS)}, found
     # the store exercised what it is meant to: dedup, held-out reasoning pairs, images gone missing at export
     assert linked.removed_duplicates == 2 and copied.counts["reasoning"]["held_out"] > 0
+    assert linked.counts["near_duplicates"]["groups"] == 1 and linked.counts["near_duplicates"]["removed"] == 2
     with session_scope(store_url) as s:
         missing = s.scalars(select(m.Quarantine.reference).where(m.Quarantine.reason == "missing_at_export")).all()
     assert missing and all(Path(uri).parent == tmp_path / "images" for uri in missing)
