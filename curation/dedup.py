@@ -40,8 +40,8 @@ from threadpoolctl import threadpool_limits
 ROWS_PER_CHUNK = 1024  # similarity rows computed at once: memory is ROWS_PER_CHUNK x block size floats
 LSH_TABLES = 24
 LSH_SEED = 20240610  # fixed: the same selection always gives the same candidates, so exports are reproducible
-HASH_ROWS = 16384  # rows hashed at once: memory is HASH_ROWS x LSH_TABLES x bits floats
-PAIRS_PER_CHUNK = 1 << 18  # candidate pairs whose cosine is computed at once
+HASH_ROWS = 8192  # rows hashed at once: memory is HASH_ROWS x LSH_TABLES x bits floats
+PAIRS_PER_CHUNK = 1 << 16  # candidate pairs whose cosine is computed at once
 
 
 def small_products():
