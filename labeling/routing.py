@@ -16,13 +16,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from curation.decisions import DecisionRule, rule_of
-from db.models import Clue, ReviewTask, Score
+from db.models import Clue, Score
 from db.review import add_review_tasks
 from geocurate.settings import Settings
 
 CLUE_PRIORITY = 0.5  # clues carry no score; they sort between sure and unsure images
-# A task records the version that routed it (so a later version can retire it) where the store has the column.
-RECORDS_VERSION = "scorer_version" in ReviewTask.__table__.c
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,7 @@ def route_for_review(session: Session, scorer_version: str, settings: Settings |
     image_rows = [
         dict(item_kind="image", item_id=image_id, priority=rule.closeness(score),
              reason=f"locatability {score:.3f} in review band [{low:g}, {high:g}) of scorer {scorer_version}",
-             **({"scorer_version": scorer_version} if RECORDS_VERSION else {}))
+             scorer_version=scorer_version)  # the version that routed it: a later one retires it
         for image_id, score in borderline
     ]
     clues = session.execute(select(Clue.id, Clue.reason).where(Clue.status == "review")).all()

@@ -152,7 +152,7 @@ def test_routing_uses_the_versions_band_not_the_environments(store_url, monkeypa
         summary = route_for_review(s, version, get_settings())
         tasks = s.scalars(select(ReviewTask).order_by(ReviewTask.item_id)).all()
     assert summary.images_queued == 2 and [t.item_id for t in tasks] == [ids[3], ids[4]]
-    assert all("review band [0.5, 0.7)" in t.reason for t in tasks)
+    assert all("review band [0.5, 0.7)" in t.reason and t.scorer_version == version for t in tasks)
     assert [t.priority for t in tasks] == pytest.approx([0.5, 0.5])  # 0.55 and 0.65 are both 0.05 from 0.6
 
 
