@@ -107,7 +107,7 @@ def _routed_scores(session: Session, rows: list[ReviewTask]) -> dict[int, Score]
     scores = _latest_scores(session, [r.item_id for r in rows])
     by_version: dict[str, list[int]] = {}
     for row in rows:
-        version = getattr(row, "scorer_version", None)
+        version = row.scorer_version
         if version and (row.item_id not in scores or scores[row.item_id].scorer_version != version):
             by_version.setdefault(version, []).append(row.item_id)
     for version, ids in by_version.items():

@@ -67,6 +67,18 @@ def test_weights_by_class_name_override_the_reference_and_lists_stay_accepted():
     assert weights_from_json({"weights": list(REFERENCE_WEIGHTS)}) == REFERENCE_WEIGHTS  # the shipped file's form
 
 
+def test_the_scorer_reads_a_weights_file_by_class_name(tmp_path):
+    from curation.locatability import load_weights
+
+    path = tmp_path / "weights.json"
+    path.write_text(json.dumps({"sky": 0.02}))
+    weights = load_weights(get_settings().model_copy(update={"class_weights_path": path}))
+    assert changed_classes(weights) == {"sky": 0.02}
+    path.write_text(json.dumps({"skye": 0.02}))
+    with pytest.raises(ValueError, match=f"class weights file {path}: unknown ADE20K class 'skye'; did you mean 'sky'"):
+        load_weights(get_settings().model_copy(update={"class_weights_path": path}))
+
+
 @pytest.mark.parametrize("data, message", [
     ({"rode": 1.0}, "unknown ADE20K class 'rode'; did you mean 'road'"),
     ({"ground": 1.0}, "'ground' names 2 ADE20K classes"),
