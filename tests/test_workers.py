@@ -417,7 +417,7 @@ def test_geocurate_run_embedded_on_sqlite_goes_from_folder_to_export(tmp_path, m
     summary = pipeline.run_progress(3, get_settings())["summary"]
     added = len(more.readable_images) - len(more.invalid_coordinate_rows)
     assert summary["score"]["totals"]["scored"] == added
-    assert summary["route"]["totals"]["carried_over"] == readable
+    assert summary["score"]["totals"]["carried_over"] == readable  # the score step's converge batch
     with session_scope(get_settings().database_url) as session:
         version = steps.scorer_version_of(session, 3)
         assert session.get(ScorerVersion, version).params["threshold"] == 0.2

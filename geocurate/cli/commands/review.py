@@ -95,14 +95,16 @@ def list_queue(kind: Kind = typer.Option(None, help="Only images or only clues."
         shown = [(r.id, r.item_kind, r.item_id, r.priority, r.state, r.final_label, r.ls_task_id, r.reason,
                   r.scorer_version) for r in rows]
     table = Table(title="review queue")
-    for column in ("id", "kind", "item", "file / clue", "country", "score", "priority", "state", "label", "LS task",
-                   "reason"):
-        table.add_column(column)
+    for column in ("id", "item", "file / clue", "country", "score", "priority"):
+        table.add_column(column, overflow="fold")
+    table.add_column("state", no_wrap=True, min_width=10)  # what a reader scans for: never cut
+    for column in ("label", "LS task", "reason"):
+        table.add_column(column, overflow="fold")
     for task_id, item_kind, item_id, priority, task_state, label, ls_task_id, reason, version in shown:
         what, country, score = details.get(task_id, ("", None, None))
         if item_kind == "image" and what:
             what = Path(local_path(what)).name
-        table.add_row(str(task_id), item_kind, str(item_id), what[:60], country or "",
+        table.add_row(str(task_id), f"{item_kind} {item_id}", what[:60], country or "",
                       f"{score:.3f}" if score is not None else "",
                       f"{priority:.2f}" if priority is not None else "", task_state, label or "",
                       str(ls_task_id or ""), reason or "")
