@@ -198,6 +198,8 @@ def batch_items(payload: dict[str, Any]) -> list[str]:
     for key in ("clues", "name", "stage"):
         if payload.get(key):
             return [f"{key} {payload[key]}"]
+    if payload.get("converge"):
+        return ["carrying scores over to the current scorer version"]
     return ["the whole folder" if payload.get("folder") else "clue pairing" if payload.get("pair_clues") else "-"]
 
 
