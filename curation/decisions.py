@@ -108,21 +108,21 @@ def final_decision(locatability: float | None, human_label: str | None, threshol
 def keep_condition(locatability: ColumnElement, human_label: ColumnElement, threshold: float,
                    pending: ColumnElement[bool] | None = None) -> ColumnElement[bool]:
     """`final_decision` as a SQL condition (quarantine is filtered separately, see `decided_images`). `pending`,
-    when given, is the condition "waits for review" (`awaiting_review`), which leaves an unlabelled image out."""
+    when given, is the condition "waits for review" (`waiting_for_review`), which leaves an unlabelled image out."""
     whens = [(human_label.in_(sorted(KEEP_LABELS)), true()), (human_label.in_(sorted(DROP_LABELS)), false())]
     if pending is not None:
         whens.append((pending, false()))
     return case(*whens, else_=locatability >= literal(threshold)) == true()
 
 
-def awaiting_review(band: tuple[float, float], locatability: ColumnElement = Score.locatability,
-                    image=Image) -> ColumnElement[bool]:
-    """In the review band and its review task still open (queued, in Label Studio, or conflicted): the decision
-    belongs to a human who has not given it yet. Tasks closed without an answer (retired) are not waiting."""
+def waiting_for_review(review, band: tuple[float, float],
+                       locatability: ColumnElement = Score.locatability) -> ColumnElement[bool]:
+    """The image's review task (joined as `review`) is still open (queued, in Label Studio, or conflicted) and its
+    score lies in the version's band: the decision belongs to a human who has not given it yet. A task closed
+    without an answer (retired: its band is no longer current) waits for nobody."""
     low, high = band
-    open_task = exists().where(ReviewTask.item_kind == "image", ReviewTask.item_id == image.id,
-                               ReviewTask.state.in_(list(OPEN_STATES)))
-    return and_(locatability >= literal(float(low)), locatability < literal(float(high)), open_task)
+    return and_(review.state.in_(list(OPEN_STATES)), locatability >= literal(float(low)),
+                locatability < literal(float(high)))
 
 
 def not_quarantined(image=Image) -> ColumnElement[bool]:
@@ -157,10 +157,13 @@ def decided_images(scorer_version: str, threshold: float, *columns: ColumnElemen
     first pass over many rows). `exclude_pending` = the version's review band: images waiting for review in it
     are not kept (the `exclude` policy); None lets the score decide for them (`score`).
     """
+    # One join to the image's review task (one per image): its answer counts once the review is done, and an open
+    # task in the band makes the image pending. No correlated subquery per row at a million rows.
     review = aliased(ReviewTask, name="review")
-    label = review.final_label
-    country = func.coalesce(review.final_country, Image.country_code)
-    pending = awaiting_review(exclude_pending) if exclude_pending is not None else None
+    done = review.state == "done"
+    label = case((done, review.final_label))
+    country = func.coalesce(case((done, review.final_country)), Image.country_code)
+    pending = waiting_for_review(review, exclude_pending) if exclude_pending is not None else None
     kept = keep_condition(Score.locatability, label, threshold, pending)
     selected = (
         (Image.id, Image.sha256, Image.lat, Image.lon, country.label("country_code"), Image.city)
@@ -173,7 +176,7 @@ def decided_images(scorer_version: str, threshold: float, *columns: ColumnElemen
     stmt = (
         select(*selected, *columns)
         .join(Score, and_(Score.image_id == Image.id, Score.scorer_version == scorer_version))
-        .outerjoin(review, and_(review.item_kind == "image", review.item_id == Image.id, review.state == "done"))
+        .outerjoin(review, and_(review.item_kind == "image", review.item_id == Image.id))
         .where(not_quarantined())
     )
     if kept_only:
@@ -186,17 +189,17 @@ def decided_images(scorer_version: str, threshold: float, *columns: ColumnElemen
 def pending_images(scorer_version: str, band: tuple[float, float], threshold: float,
                    require_location: bool = True) -> Select:
     """One row (pending, above_threshold) counting the images of a version that wait for review in `band`, and how
-    many of them the score alone would keep: what an export's manifest reports under either policy."""
+    many of them the score alone would keep: what an export's manifest reports under either policy. (An image
+    waiting for review has no answer, so its country is the metadata's.)"""
     review = aliased(ReviewTask, name="review")
-    country = func.coalesce(review.final_country, Image.country_code)
     above = func.coalesce(func.sum(case((Score.locatability >= literal(threshold), 1), else_=0)), 0)
     stmt = (
         select(func.count().label("pending"), above.label("above_threshold"))
         .select_from(Image)
         .join(Score, and_(Score.image_id == Image.id, Score.scorer_version == scorer_version))
-        .outerjoin(review, and_(review.item_kind == "image", review.item_id == Image.id, review.state == "done"))
-        .where(not_quarantined(), review.id.is_(None), awaiting_review(band))
+        .join(review, and_(review.item_kind == "image", review.item_id == Image.id))
+        .where(not_quarantined(), waiting_for_review(review, band))
     )
     if require_location:
-        stmt = stmt.where(Image.lat.is_not(None), Image.lon.is_not(None), country.is_not(None))
+        stmt = stmt.where(Image.lat.is_not(None), Image.lon.is_not(None), Image.country_code.is_not(None))
     return stmt
