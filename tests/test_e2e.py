@@ -6,6 +6,7 @@ human labels changed the export.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections import defaultdict
@@ -16,11 +17,14 @@ from sqlalchemy import func, select
 
 from db import models as m
 from db.engine import session_scope
+from geocurate.export_format import Example, location_file
 from geocurate.cli.sample_data import generate_sample
 from geocurate.settings import reload_settings
 from tests.conftest import create_pg_database, drop_pg_database
 from tests.test_workers_celery import REDIS_SERVER, Workers, drop_keys, require_redis
 from tests.local_workers import ROOT, wait_for_run
+from training.adapters import adapter_digest
+from training.geo import geo_metrics
 
 pytest_plugins = ["tests.labelstudio_server"]
 pytestmark = [pytest.mark.e2e, pytest.mark.labelstudio, pytest.mark.redis, pytest.mark.postgres]
@@ -133,8 +137,9 @@ def test_the_whole_flow_with_every_real_part(e2e_env, label_studio, tmp_path: Pa
         assert done == {("image", rescued): "locatable", ("image", dropped): "not_locatable",
                         clue_key: "no_geo_clue"}, pulled
 
-        # export with geo-aware splits: the human labels decide both images
-        export = build_export(ExportParams.from_settings(settings, "e2e", threshold=threshold), url)
+        # export with geo-aware splits: the human labels decide both images; every other image still waits in the
+        # all-covering band, so the score decides them (--pending score; the default would leave them out)
+        export = build_export(ExportParams.from_settings(settings, "e2e", threshold=threshold, pending="score"), url)
         with session_scope(url) as s:
             items = s.execute(select(m.ExportItem.image_id, m.ExportItem.split, m.Image.city)
                               .join(m.Image, m.Image.id == m.ExportItem.image_id)
@@ -159,7 +164,36 @@ def test_the_whole_flow_with_every_real_part(e2e_env, label_studio, tmp_path: Pa
                                .where(m.TrainingRun.export_id == export.export_id).order_by(m.TrainingRun.id)).all()
         assert [tuple(row) for row in stages] == [("reasoning", "done"), ("location", "done")]
         metrics = evaluate_export(Path(export.path), settings=settings)
-        assert metrics["n"] == sum(1 for _, split, _ in items if split == "test")
-        assert 0.0 <= metrics["country_accuracy"] <= 1.0
+        test_ids = {image_id for image_id, split, _ in items if split == "test"}
+        assert metrics["n"] == len(test_ids) > 0
+
+        # The adapters are the export's own, and the files on disk are the ones each run recorded.
+        with session_scope(url) as s:
+            trained = {r.stage: (r.id, r.adapter_path, r.adapter_sha256, r.export_name, r.base_model)
+                       for r in s.scalars(select(m.TrainingRun).where(m.TrainingRun.export_id == export.export_id,
+                                                                      m.TrainingRun.stage != "eval"))}
+            eval_row = s.get(m.TrainingRun, metrics["run_id"])
+            stored_metrics = dict(eval_row.metrics)
+        assert set(trained) == {"reasoning", "location"}
+        for stage, (run_id, path, sha256, export_name, base_model) in trained.items():
+            assert Path(path) == (settings.adapters_dir / "e2e" / stage).resolve()
+            assert sha256 == adapter_digest(Path(path)) and export_name == "e2e"
+            assert Path(base_model).is_absolute() and Path(base_model).is_dir()
+        assert metrics["adapter_runs"] == {stage: row[0] for stage, row in trained.items()}
+        assert stored_metrics["country_accuracy"] == metrics["country_accuracy"]
+
+        # The metrics are what the stored answers and the test split's labels give, recomputed here.
+        labels = {e.id: e for e in (Example.from_line(line) for line in
+                                    location_file(Path(export.path), "test").read_text().splitlines())}
+        answers = {a["id"]: a for a in map(json.loads, Path(metrics["predictions"]).read_text().splitlines())}
+        assert set(answers) == set(labels) and len(labels) == len(test_ids)
+        rows = [dict(truth_code=e.country_code, truth_city=e.city, truth_lat=e.lat, truth_lon=e.lon,
+                     pred_code=answers[i]["pred_code"], pred_city=answers[i]["pred_city"],
+                     parsed=answers[i]["parsed"]) for i, e in labels.items()]
+        recomputed = geo_metrics(rows)
+        assert {key: metrics[key] for key in recomputed} == recomputed
+        hits = sum(answers[i]["pred_code"] == e.country_code for i, e in labels.items())
+        assert metrics["country_accuracy"] == round(hits / len(labels), 4)
+        assert metrics["parse_failure_rate"] == round(sum(not a["parsed"] for a in answers.values()) / len(labels), 4)
     finally:
         workers.stop_all()
