@@ -16,6 +16,7 @@ score decide.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,10 +42,13 @@ class DecisionRule:
     review_high: float
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "review_low", "review_high"):
+        # The threshold is a locatability in [0, 1]; a band may reach past 1 ([0, 1.01) routes every score, 1.0
+        # included), but not below 0 or to infinity.
+        for name, top in (("threshold", 1.0), ("review_low", math.inf), ("review_high", math.inf)):
             value = float(getattr(self, name))
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name.replace('_', ' ')} {value} must be a locatability between 0 and 1")
+            if not 0.0 <= value <= top or math.isinf(value):
+                raise ValueError(f"{name.replace('_', ' ')} {value} must be a locatability between 0 and "
+                                 f"{'1' if top == 1.0 else 'a finite bound'}")
             object.__setattr__(self, name, value)
         if self.review_low > self.review_high:
             raise ValueError(f"review band [{self.review_low}, {self.review_high}): low is above high")

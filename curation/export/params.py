@@ -72,8 +72,8 @@ class ExportParams:
             raise UserError(f"pending must be one of {', '.join(PENDING_POLICIES)}, not {self.pending!r}")
         if self.review_band is not None:
             low, high = (float(v) for v in self.review_band)
-            if not 0.0 <= low <= high <= 1.0:
-                raise UserError(f"review band [{low}, {high}) must be 0 <= low <= high <= 1")
+            if not 0.0 <= low <= high:
+                raise UserError(f"review band [{low}, {high}) must be 0 <= low <= high")
             object.__setattr__(self, "review_band", (low, high))
         if self.images not in ("link", "copy"):
             raise UserError(f"images must be link or copy, not {self.images!r}")
