@@ -131,3 +131,12 @@ def test_without_label_studio_stale_local_tasks_are_closed_in_the_store(store_ur
     assert (tasks[ids[0]].state, tasks[ids[0]].retired_by) == ("retired", NEW)
     assert "retired by scorer test-scorer-2" in tasks[ids[0]].reason
     assert (tasks[ids[1]].state, tasks[ids[1]].retired_by) == ("done", None)  # a decision is never retired
+    from typer.testing import CliRunner
+
+    from geocurate.cli import app
+
+    stats = CliRunner().invoke(app, ["review", "stats"])
+    assert stats.exit_code == 0 and "retired 1" in stats.output, stats.output
+    listed = CliRunner().invoke(app, ["review", "list", "--state", "retired"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and "street_0000.png" in listed.output and "retired" in listed.output, listed.output
+    assert "street_0001.png" not in listed.output

@@ -155,7 +155,9 @@ def stats() -> None:
         seconds = f"{p.mean_seconds_per_task:.1f} s per task" if p.mean_seconds_per_task else "time per task n/a"
         typer.echo(f"{p.project_title}: pending {states.get('pending', 0)} "
                    f"({states.get('pending_in_label_studio', 0)} in Label Studio), done {states.get('done', 0)}, "
-                   f"conflicted {states.get('conflicted', 0)}; {p.annotations} annotations; {kappa}; {seconds}")
+                   f"conflicted {states.get('conflicted', 0)}"
+                   + (f", retired {states['retired']}" if states.get("retired") else "")
+                   + f"; {p.annotations} annotations; {kappa}; {seconds}")
 
 
 def pull_on_webhook(settings):
