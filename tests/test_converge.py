@@ -132,6 +132,12 @@ def test_run_export_twice_is_a_no_op_and_other_content_under_the_name_is_refused
     with session_scope(url) as session:
         assert session.scalar(select(Export.content_hash).where(Export.name == "v1")) == content_hash  # untouched
 
+    # an export built by `geocurate export` records its selection too: `run --export` with the same name is a no-op
+    assert geocurate("export", "v2", env=lower, cwd=cwd).returncode == 0
+    same = geocurate("run", "images", "--metadata", str(metadata), "--export", "v2", env=lower, cwd=cwd)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "export v2 unchanged" in same.stdout
+
 
 def test_runs_list_and_review_list_show_what_a_person_needs(embedded):
     env, cwd, url = embedded

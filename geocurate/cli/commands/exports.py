@@ -30,6 +30,7 @@ def export(
 ) -> None:
     """Build a curated, versioned export (manifest, location and reasoning JSONL, images) and record it."""
     from curation.export import ExportParams, build_export
+    from curation.export.plan import plan_selection, record_selection
     from curation.export.params import TRAIN_STAGES
     from curation.export.readiness import EmptyExport, empty_stage_message, empty_stages, usable_counts
     from db.engine import check_connection, session_scope
@@ -47,11 +48,15 @@ def export(
         if params.scorer_version is None:
             params = params.with_scorer_version(current_or_latest(session, settings))
         params = params.resolved(session)
+        selection = plan_selection(session, params)  # recorded below: a later `run --export NAME` compares to it
     band = f"[{params.review_band[0]:g}, {params.review_band[1]:g})" if params.review_band else "none recorded"
     typer.echo(f"scorer {params.scorer_version}: threshold {params.threshold:g}, review band {band}, "
                f"pending reviews: {params.pending}")
     try:
         result = build_export(params, settings.database_url)
+        if result.export_id is not None:
+            with session_scope(settings.database_url) as session:
+                record_selection(session, result.export_id, selection)
     except EmptyExport as exc:  # one line and exit 1: nothing was written, nothing is queued
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None
