@@ -257,3 +257,27 @@ def test_with_a_worker_a_second_run_carries_over_and_a_third_does_nothing(worker
     assert "nothing to do" in third.stdout
     with session_scope(url) as session:
         assert not session.scalar(select(func.count()).select_from(Batch).where(Batch.status == "failed"))
+
+
+def test_a_stage_trained_on_an_unchanged_export_is_not_trained_again(store_url):
+    """A pipeline run's train step skips a stage already done on that export; `geocurate train` (kind "train")
+    trains again on purpose. The stage that was never trained is not skipped."""
+    from db.batches import Claim, latest_done_training
+    from db.models import TrainingRun
+    from geocurate.settings import get_settings
+    from workers.steps import work_train
+
+    with session_scope(store_url) as session:
+        export = Export(name="v1", threshold=0.4, params={}, path="/nowhere", status="done", counts={})
+        session.add(export)
+        session.flush()
+        session.add_all([TrainingRun(export_id=export.id, stage="reasoning", status="failed", config={}, metrics={}),
+                         TrainingRun(export_id=export.id, stage="reasoning", status="done", config={}, metrics={})])
+        session.flush()
+        done_id = session.scalar(select(TrainingRun.id).where(TrainingRun.status == "done"))
+        export_id = export.id
+    claim = Claim(1, 1, "train:reasoning", 0, {"stage": "reasoning", "export": "v1"}, "test")
+    with session_scope(store_url) as session:
+        result = work_train(session, claim, {"kind": "pipeline", "steps": ["train:reasoning"]}, get_settings())
+        assert latest_done_training(session, export_id, "location") is None
+    assert result == {"stage": "reasoning", "already_trained": 1, "training_run": done_id}

@@ -73,7 +73,7 @@ def compare(export: Export, selection: Selection) -> str | None:
     if recorded.get("fingerprint") == selection.fingerprint:
         return None
     if not recorded:
-        return (f"export {export.name!r} was built without a recorded selection (by `geocurate export`), so its "
+        return (f"export {export.name!r} was built without a recorded selection (by an older release), so its "
                 "content cannot be compared")
     changes = []
     before, after = recorded.get("parameters", {}), selection.parameters
