@@ -165,6 +165,7 @@ NOTHING_REACHABLE = [
     (["train", "ex1", "--stage", "reasoning"], STORE),
     (["eval", "ex1"], STORE),
     (["quarantine", "list"], STORE),
+    (["runs", "list"], STORE),
     (["demo", "--images", "4", "--clues", "4"], STORE),
     (["worker"], BROKER),
     (["beat"], BROKER),
