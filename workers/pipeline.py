@@ -321,7 +321,10 @@ def run_outcome(run_id: int, settings: Settings) -> dict[str, Any]:
         kept = count("route", "retired_kept_annotated")
         changes.append(f"{retired} stale review task(s) retired"
                        + (f" ({kept} annotated, kept in Label Studio)" if kept else ""))
-    if "route" in summary and not routed and not retired:
+    pushed = count("route", "pushed.created")
+    if pushed:
+        changes.append(f"{pushed} task(s) created in Label Studio")
+    if "route" in summary and not routed and not retired and not pushed:
         facts.append("review queue current")
     for result in results.get("export", []):
         if result.get("unchanged"):
