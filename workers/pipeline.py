@@ -143,6 +143,7 @@ def start_run(steps: Sequence[str], params: dict[str, Any], kind: str, settings:
 def create_run(steps: Sequence[str], params: dict[str, Any], kind: str,
                settings: Settings) -> tuple[int, tuple[str, list[int]] | None]:
     """The run row and its first step's batches, committed; returns the run id and the batches still to send."""
+    params = {**params, "steps": list(steps)}  # what the run row holds: every step plans from the same params
     with session_scope(settings.database_url) as session:
         run_id = batches.create_run(session, steps, params, kind=kind)
         first = steps[0]

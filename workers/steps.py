@@ -111,9 +111,11 @@ def plan_score(session: Session, run_id: int, params: dict[str, Any], settings: 
     from db.images import ingested_image_ids
 
     payloads: Payloads = [{"image_ids": ids} for ids in chunks(ingested_image_ids(session), settings.batch_size)]
-    if params.get("clues") or clues_needing_pairs(session) or unlinked_image_refs(session):
+    converging = "route" in params.get("steps", ())  # a pipeline run; a run of the score step alone only scores
+    if params.get("clues") or (converging and (clues_needing_pairs(session) or unlinked_image_refs(session))):
         payloads.append({"pair_clues": True})
-    payloads.append({"converge": True})
+    if converging:
+        payloads.append({"converge": True})
     return payloads
 
 
