@@ -40,7 +40,7 @@ def test_the_small_preset_gives_a_dozen_examples_steps_to_learn_from(tmp_path, m
     # 12 examples: the defaults make ceil(12 / 2 / 8) = 1 optimiser step per epoch, 3 in all, the first warming up.
     assert default.batch_size * default.gradient_accumulation == 16 and default.epochs == 3
     assert config.batch_size * config.gradient_accumulation <= 4  # >= 3 steps per epoch on 12 examples
-    assert config.epochs * (12 // (config.batch_size * config.gradient_accumulation)) >= 20
+    assert config.epochs * (12 // (config.batch_size * config.gradient_accumulation)) >= 15
     assert config.warmup_ratio == 0 and config.learning_rate > default.learning_rate
     assert config.logging_steps == 1  # a loss curve, not one point
     assert config == TrainingConfig(**PRESETS["small"])

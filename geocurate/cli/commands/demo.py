@@ -17,16 +17,22 @@ DEMO_BANNER = "demo models — scores are not meaningful (tiny random-weight mod
 
 # Random-weight models give low, narrow locatabilities (0.28–0.36 on the sample, a few at 0), so the demo puts its
 # threshold and review band inside that range instead of the paper's 0.4 (some images kept, some sent to the local
-# review queue, some dropped), and a coarser SAM point grid keeps it within minutes on 2 cores. The export has about
-# a dozen location examples: the `small` training preset gives them steps to learn from, so the loss visibly falls
-# (the defaults, sized for thousands of examples, ran 3 steps there, the first at learning rate 0).
+# review queue, some dropped), and a coarser SAM point grid keeps it within minutes on 2 cores. The band lies just
+# below the threshold: images waiting for a reviewer are left out of an export (`--pending exclude`), and a band
+# around the threshold would leave the demo's export with no test split; here a reviewer can still rescue them.
+# Random-weight open_clip embeddings put every street view of the sample above 0.95 cosine similarity of another
+# (0.96–0.99; the sample's planted copies at 0.9998), so near-duplicate removal across the selection would leave a
+# handful of images: the demo only calls copies duplicates.
+# The export has about a dozen location examples: the `small` training preset gives them steps to learn from, so
+# the loss visibly falls (the defaults, sized for thousands of examples, ran 3 steps there, the first at lr 0).
 # A value the user set in the environment wins.
 DEMO_SETTINGS = {
     "GEOCURATE_DEMO_MODELS": "true",
     "GEOCURATE_THRESHOLD": "0.3",
     "GEOCURATE_REVIEW_BAND_LOW": "0.29",
-    "GEOCURATE_REVIEW_BAND_HIGH": "0.31",
+    "GEOCURATE_REVIEW_BAND_HIGH": "0.30",
     "GEOCURATE_SAM_POINTS_PER_SIDE": "8",
+    "GEOCURATE_DEDUP_SIMILARITY": "0.999",
     "GEOCURATE_TRAIN_PRESET": "small",
 }
 
