@@ -103,3 +103,14 @@ def test_each_export_trains_its_own_set_and_eval_predict_refuse_another_exports(
     assert refused.exit_code == 1 and "export 'v1'" in refused.output and "overwrite" in refused.output
     assert {s: adapter_digest(root / "v1" / s) for s in v1_digests} == v1_digests
     assert train_stage(v2, "location", demo_settings, config=QUICK).status == "done"  # its own set still trains
+
+    # Retraining stage 1 alone leaves a stage 2 that was trained on the old stage 1: refused until it is retrained.
+    retrained = train_stage(v1, "reasoning", demo_settings, config=QUICK.replace(seed=3))
+    stale = runner.invoke(app, ["eval", "v1"])
+    assert stale.exit_code == 1
+    assert (f"was trained on reasoning run {first[0].run_id}, but" in stale.output
+            and f"is run {retrained.run_id}" in stale.output and "--stage location" in stale.output)
+    again = train_stage(v1, "location", demo_settings, config=QUICK)
+    assert json.loads((root / "v1" / "location" / "stage.json").read_text())["merged_run_id"] == retrained.run_id
+    assert runner.invoke(app, ["eval", "v1"]).exit_code == 0
+    assert location_run(demo_settings, "v1").id == again.run_id

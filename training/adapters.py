@@ -78,6 +78,23 @@ def read_stage_info(folder: Path) -> dict[str, Any]:
     return info
 
 
+def check_stacking(checks: list[AdapterCheck]) -> None:
+    """A stage trained on top of an earlier one (location on reasoning) is only right with that very run merged
+    first: refuse a set whose reasoning was retrained, added or removed after its location stage."""
+    for earlier, later in zip(checks, checks[1:]):
+        merged = read_stage_info(later.path).get("merged_run_id", earlier.run_id)
+        if merged != earlier.run_id:
+            raise AdapterMismatch(
+                f"{later.path} (training run {later.run_id}) was trained on {earlier.stage} run {merged}, but "
+                f"{earlier.path} is run {earlier.run_id}: train {later.stage} again "
+                f"(`geocurate train {later.export_name} --stage {later.stage}`)")
+    if len(checks) == 1 and read_stage_info(checks[0].path).get("merged_run_id") is not None:
+        only = checks[0]
+        raise AdapterMismatch(
+            f"{only.path} (training run {only.run_id}) was trained on a reasoning adapter that is not in its set "
+            f"any more: put it back or train again (`geocurate train {only.export_name}`)")
+
+
 def refuse_foreign(folder: Path, export_name: str) -> None:
     """Refuse to train into a stage folder that holds another export's adapter (it would be overwritten)."""
     if not (Path(folder) / STAGE_INFO).is_file():

@@ -22,7 +22,7 @@ from geocurate.errors import UserError
 from geocurate.export_format import PROMPT
 from training.answers import Prediction, parse_answer
 from training.config import TrainingConfig, config_from_settings
-from training.adapters import AdapterCheck, check_adapter
+from training.adapters import AdapterCheck, check_adapter, check_stacking
 from training.stages import STAGES, adapter_dir, has_adapter, resolve_adapter_set, resolve_precision, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ def load_geo_model(export_name: str, settings, adapters_dir: Path | None = None,
             f"first, or evaluate with --base-only"
         )
     checks = [check_adapter(path, export_name, settings.database_url) for path in chain]
+    check_stacking(checks)
     base_path = base_model_path(settings)
     for check in checks:
         if check.base_model and check.base_model != base_path:

@@ -260,8 +260,8 @@ def train_stage(export_dir, stage: str, settings, config: TrainingConfig | None 
     if merged is not None and not has_adapter(merged):
         log.warning("no reasoning adapter in %s: the location stage starts from the plain base model", adapters_dir)
         merged = None
-    if merged is not None:
-        check_adapter(merged, export_name, url)  # never stack another export's (or a changed) reasoning stage
+    # Never stack another export's (or a changed) reasoning stage; remember which run it was (inference checks it).
+    merged_run = check_adapter(merged, export_name, url).run_id if merged is not None else None
     base_path = base_model_path(settings)
     identity = resume_identity(export_dir, stage, base_path, config, merged)
     checkpoints = checkpoint_dir(adapters_dir, stage)
@@ -286,6 +286,7 @@ def train_stage(export_dir, stage: str, settings, config: TrainingConfig | None 
             stage=stage, settings=settings, config=config, export_dir=export_dir, examples=examples,
             val_examples=val_examples, base_path=base_path, merged=merged, checkpoints=checkpoints,
             resume_from=resume_from, output=output, run_id=run_id, callbacks=callbacks or [], export_name=export_name,
+            merged_run=merged_run,
         )
     except BaseException as exc:
         with session_scope(url) as session:
@@ -301,7 +302,7 @@ def train_stage(export_dir, stage: str, settings, config: TrainingConfig | None 
 
 
 def _run_trainer(*, stage, settings, config, export_dir, examples, val_examples, base_path, merged, checkpoints,
-                 resume_from, output, run_id, callbacks, export_name) -> StageResult:
+                 resume_from, output, run_id, callbacks, export_name, merged_run) -> StageResult:
     from peft import get_peft_model
     from transformers import Trainer, set_seed
 
@@ -349,7 +350,8 @@ def _run_trainer(*, stage, settings, config, export_dir, examples, val_examples,
     config.save(output)
     (output / STAGE_INFO).write_text(json.dumps({
         "stage": stage, "base_model": base_path, "family": family.name, "export": str(export_dir),
-        "export_name": export_name, "merged_before": str(merged) if merged else None, "run_id": run_id,
+        "export_name": export_name, "merged_before": str(merged) if merged else None, "merged_run_id": merged_run,
+        "run_id": run_id,
     }, indent=2))
     return StageResult(stage=stage, status="done", adapter_path=str(output),
                        resumed_from=str(resume_from) if resume_from else None, metrics=metrics)
