@@ -9,16 +9,19 @@ the ids, places and locatabilities."""
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from curation.dedup import duplicate_groups, near_duplicates, small_products
 from curation.embeddings import image_embeddings, stored_embeddings
 from curation.export.params import ClipSettings
+from db.models import Image
 
 CHUNK_ROWS = 65536  # stored vectors decoded into an array this many rows at a time
 LOOKUP_ROWS = 2000  # images without a stored vector looked up together
@@ -91,23 +94,22 @@ class SelectionVectors:
 
     def __init__(self, lookup: EmbeddingLookup, similarity: float):
         self.lookup, self.similarity = lookup, similarity
-        self.ids: list[int] = []
-        self.sha256: list[str] = []
-        self.locatability: list[float] = []
-        self.places: list[int] = []  # index into self.place_keys
+        # 8 bytes a row each (a list would hold an object per row: 600k images cost 130 MB more)
+        self.ids = array("q")
+        self.locatability = array("d")
+        self.places = array("q")  # index into self.place_keys
         self.place_keys: list[str] = []
         self._place_index: dict[str, int] = {}
         self._blobs: list[bytes | None] = []
         self._chunks: list[tuple[int, np.ndarray | None]] = []  # (first row, vectors or None: all missing)
         self.dim: int | None = None
 
-    def add(self, image_id: int, sha256: str, locatability: float, place: str, vector: bytes | None) -> None:
+    def add(self, image_id: int, locatability: float, place: str, vector: bytes | None) -> None:
         index = self._place_index.get(place)
         if index is None:
             index = self._place_index[place] = len(self.place_keys)
             self.place_keys.append(place)
         self.ids.append(image_id)
-        self.sha256.append(sha256)
         self.locatability.append(locatability)
         self.places.append(index)
         self._blobs.append(vector)
@@ -145,11 +147,13 @@ class SelectionVectors:
             found.update(self.lookup([self.ids[row] for row in missing[start:start + LOOKUP_ROWS]]))
         if self.dim is None and found:
             self.dim = len(next(iter(found.values())))
-        vectors = np.zeros((n, self.dim or 1), dtype=np.float32)
-        for first, chunk in self._chunks:
+        vectors = np.zeros((n, self.dim or 1), dtype=np.float32)  # pages are taken as rows are copied in
+        chunks, self._chunks = self._chunks, []
+        while chunks:  # each chunk freed once copied: the vectors are held once, not twice
+            first, chunk = chunks.pop(0)
             if chunk is not None:
                 vectors[first:first + len(chunk)] = chunk
-        self._chunks = []
+            del chunk
         for row in missing:
             vector = found.get(self.ids[row])
             if vector is not None and len(vector) == self.dim:
@@ -170,6 +174,7 @@ class SelectionVectors:
             labels = groups.labels[rows]
             order = np.argsort(labels, kind="stable")
             rows, labels = rows[order], labels[order]
+            sha256 = _sha256(self.lookup.session, [self.ids[r] for r in rows.tolist()])  # ties: sha256 order
             with small_products():  # groups are small: one BLAS thread
                 for members in np.split(rows, np.flatnonzero(np.diff(labels)) + 1):
                     grouped += 1
@@ -177,7 +182,7 @@ class SelectionVectors:
                     cross_place += len(set(places[members].tolist())) > 1
                     removed |= near_duplicates([self.ids[r] for r in members], vectors[members],
                                                [self.locatability[r] for r in members], self.similarity,
-                                               [self.sha256[r] for r in members])
+                                               [sha256[self.ids[r]] for r in members])
         ids = np.asarray(self.ids, dtype=np.int64)
         per_place: dict[str, int] = {}
         if removed:
@@ -188,6 +193,14 @@ class SelectionVectors:
                           stats=_stats(grouped, in_groups, cross_place, len(removed), groups.recall,
                                        int(has_vector.sum())),
                           _pairs=groups.pairs, _ids=ids, _places=places, _place_keys=self.place_keys)
+
+
+def _sha256(session: Session, ids: list[int]) -> dict[int, str]:
+    found: dict[int, str] = {}
+    for start in range(0, len(ids), 1000):
+        found.update(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(ids[start:start + 1000])))
+                     .tuples().all())
+    return found
 
 
 def _stats(groups: int, images: int, cross_place: int, removed: int, recall: float, compared: int) -> dict[str, Any]:

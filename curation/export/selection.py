@@ -95,7 +95,7 @@ def deal_places(session: Session, params: ExportParams, groups: Table,
     kept images touch) and the near-duplicates."""
     known_country: dict[str | None, bool] = {}
     city_places: dict[tuple[str | None, str], str] = {}
-    tied: set[tuple[str, str]] = set()
+    tied: set[tuple[str, float, float]] = set()
     graph = PlaceGraph()
     h3_resolution = params.h3_resolution
     similarity = params.dedup_similarity
@@ -124,19 +124,20 @@ def deal_places(session: Session, params: ExportParams, groups: Table,
                 quarantine(session, "metadata", image.sha256, "unknown_country", f"country code {code!r}")
                 continue
             city = image.city
-            cell = cell_key(image.lat, image.lon, h3_resolution)
             if city and city.strip():  # a place per (country, city): its canonical name found once per spelling
                 key = city_places.get((code, city))
                 if key is None:
                     key = city_places[(code, city)] = city_key(code, city)
-                if (key, cell) not in tied:  # the city's streets: a misspelled city there joins it
-                    tied.add((key, cell))
-                    graph.join(key, cell)
+                # the city's streets, to the nearest 0.01° (the cell lookup is the cost: one per square, not image)
+                square = (key, round(image.lat, 2), round(image.lon, 2))
+                if square not in tied:  # a misspelled city, or a city-less image, in the same cell joins it
+                    tied.add(square)
+                    graph.join(key, cell_key(square[1], square[2], h3_resolution))
             else:
-                key = cell
+                key = cell_key(image.lat, image.lon, h3_resolution)
             sizes[key] += 1
             if vectors is not None:
-                vectors.add(image.id, image.sha256, image.locatability, key, image.vector)
+                vectors.add(image.id, image.locatability, key, image.vector)
             if on_kept is not None:
                 on_kept(image.sha256, image.uri)
             yield image.id, key
