@@ -51,6 +51,8 @@ def e2e_env(label_studio, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         # every scored image goes to review, so the test can pick images on both sides of the export threshold
         "GEOCURATE_REVIEW_BAND_LOW": "0.0",
         "GEOCURATE_REVIEW_BAND_HIGH": "1.0",
+        # the tiny random open_clip puts every image above 0.95 of some other: only copies count as duplicates here
+        "GEOCURATE_DEDUP_SIMILARITY": "0.999",
         "GEOCURATE_LABEL_STUDIO_URL": label_studio.url,
         "GEOCURATE_LABEL_STUDIO_API_KEY": label_studio.token,
         "GEOCURATE_LABEL_STUDIO_IMAGE_ROOT": str(label_studio.image_root),
