@@ -17,8 +17,8 @@ from db.images import add_images, ids_by_sha
 from db.scores import add_scores
 from curation.embeddings import store_embeddings
 from geocurate.countries import canonical_city
-from geocurate.export_format import MANIFEST, SPLITS
-from tests.test_export import EMBEDDING_VERSION, all_examples, export, seed_store, sha
+from geocurate.export_format import MANIFEST, SPLITS, reasoning_file
+from tests.test_export import EMBEDDING_VERSION, all_examples, export, read_examples, seed_store, sha
 
 KRAKOW = (50.06, 19.94)
 
@@ -128,6 +128,11 @@ def plant(url: str, ids: dict[str, int]) -> dict[str, int]:
         add_scores(s, [dict(image_id=planted[name], scorer_version="v1", locatability=rows[name][6],
                             class_ratios={"6": 0.4}, decision="keep") for name in rows])
         store_embeddings(s, {planted[name]: vectors[name] for name in rows}, EMBEDDING_VERSION)
+        clue = m.Clue(sha256=sha(2000), text="Bollards and yellow-backed signs.", country="PL", status="accepted")
+        s.add(clue)
+        s.flush()  # paired with copies that dedup removes and with the images that stay
+        s.add_all([m.CluePair(clue_id=clue.id, image_id=image_id, method="given")
+                   for image_id in [ids[sha(n)] for n in (0, 1, 8, 9, 24)] + list(planted.values())])
     return planted
 
 
@@ -138,6 +143,8 @@ def test_planted_near_duplicates_never_cross_a_split(store_url):
     with session_scope(store_url) as s:
         stored = {row.image_id: np.frombuffer(row.vector, np.float32) for row in s.query(m.ImageEmbedding)}
     id_of_sha = {**ids, **{sha(500 + k): i for k, i in enumerate(planted.values())}}
+    vector_of_sha = {h: stored[i] for h, i in id_of_sha.items()}
+    vector_of = {name: vector_of_sha[h] for h, name in sha_of.items() if h in vector_of_sha}
     for seed in range(4):
         result = export(store_url, f"leak-free-{seed}", threshold=0.0, seed=seed, split=(0.5, 0.25, 0.25))
         examples = all_examples(result.path)
@@ -158,6 +165,13 @@ def test_planted_near_duplicates_never_cross_a_split(store_url):
         assert place_of["cracow"] == place_of["krakau"] == place_of[1] == "city:PL:krakow"
         assert split_of["typo-in-krakow"] == split_of["cell-in-krakow"] == split_of[1] == split_of["krakau"]
         assert place_of["typo-in-krakow"] == "city:PL:krakuw stare miasto"
+        # nor does reasoning train on a near-copy of a val/test image (a removed copy whose twin is evaluated)
+        evaluated = np.stack([vector_of[sha_of[ex.id]] for s in ("val", "test") for ex in examples[s]])
+        reasoning = read_examples(reasoning_file(result.path))
+        assert reasoning and result.counts["reasoning"]["held_out"] > 0
+        for ex in reasoning:
+            image = next(v for key, v in vector_of_sha.items() if key.startswith(ex.id.split("-")[1]))
+            assert float((evaluated @ image).max()) <= 0.95, ex.id
         manifest = json.loads((result.path / MANIFEST).read_text())
         report = manifest["counts"]["near_duplicates"]
         # groups: {img0, cracow} (one place now), {img8, paris, lyon}, {img9, recife}, {img24, helsinki}

@@ -96,7 +96,7 @@ def _write(session: Session, export_id: int, params: ExportParams, root: Path) -
         placer.wait()  # the reasoning pass may place the same images again: their links must exist first
         placer.remove_strays()
         reasoning, held_out = write_reasoning(session, export_id, params.name, root, placer, split_of,
-                                              params.h3_resolution)
+                                              params.h3_resolution, duplicates.held_out(split_of))
         store.drop_group_table(session, groups)
     finally:
         placer.close()

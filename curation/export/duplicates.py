@@ -62,7 +62,20 @@ class Duplicates:
     _ids: np.ndarray | None = None
     _places: np.ndarray | None = None  # each row's place, an index into _place_keys
     _place_keys: list[str] = field(default_factory=list)
+    _groups: list[np.ndarray] = field(default_factory=list)  # each group's rows
     searched: bool = False
+
+    def held_out(self, split_of: Mapping[str, str]) -> set[int]:
+        """Removed images whose group's remaining image lies in a val or test place: not in the location files, and
+        a reasoning pair with one must be held out too, or training would see a near-copy of an evaluation image."""
+        held: set[int] = set()
+        keys = self._place_keys
+        for rows in self._groups:
+            ids = [int(self._ids[r]) for r in rows]
+            kept = [r for r, i in zip(rows, ids) if i not in self.removed]
+            if any(split_of[keys[self._places[r]]] != "train" for r in kept):
+                held.update(i for i in ids if i in self.removed)
+        return held
 
     def cross_split(self, split_of: Mapping[str, str]) -> int:
         """Near-duplicate pairs whose two images are both exported, in different splits: 0 unless a bug."""
@@ -168,6 +181,7 @@ class SelectionVectors:
         places = np.asarray(self.places, dtype=np.int64)
         groups = duplicate_groups(vectors, has_vector, places, self.similarity)
         removed: set[int] = set()
+        members_of: list[np.ndarray] = []
         grouped = cross_place = in_groups = 0
         if len(groups.pairs):
             rows = np.unique(groups.pairs)
@@ -175,8 +189,9 @@ class SelectionVectors:
             order = np.argsort(labels, kind="stable")
             rows, labels = rows[order], labels[order]
             sha256 = _sha256(self.lookup.session, [self.ids[r] for r in rows.tolist()])  # ties: sha256 order
+            members_of = np.split(rows, np.flatnonzero(np.diff(labels)) + 1)
             with small_products():  # groups are small: one BLAS thread
-                for members in np.split(rows, np.flatnonzero(np.diff(labels)) + 1):
+                for members in members_of:
                     grouped += 1
                     in_groups += len(members)
                     cross_place += len(set(places[members].tolist())) > 1
@@ -192,7 +207,7 @@ class SelectionVectors:
         return Duplicates(removed=removed, removed_per_place=per_place, searched=True,
                           stats=_stats(grouped, in_groups, cross_place, len(removed), groups.recall,
                                        int(has_vector.sum())),
-                          _pairs=groups.pairs, _ids=ids, _places=places, _place_keys=self.place_keys)
+                          _pairs=groups.pairs, _ids=ids, _places=places, _place_keys=self.place_keys, _groups=members_of)
 
 
 def _sha256(session: Session, ids: list[int]) -> dict[int, str]:

@@ -20,13 +20,16 @@ from geocurate.export_format import PROMPT, Answer, Example, reasoning_file
 
 
 def write_reasoning(session: Session, export_id: int, name: str, root: Path, placer: ImagePlacer,
-                    split_of: dict[str, str], h3_resolution: int) -> tuple[HashedWriter, int]:
-    """The file's writer and the number of pairs held out."""
+                    split_of: dict[str, str], h3_resolution: int,
+                    held_out_images: set[int] | frozenset[int] = frozenset()) -> tuple[HashedWriter, int]:
+    """The file's writer and the number of pairs held out: pairs whose image lies in a val/test place, and pairs
+    whose image is in `held_out_images` (near-duplicates removed in favour of a val/test image)."""
     reasoning = HashedWriter(reasoning_file(root))
     held_out = 0
     items: list[dict[str, Any]] = []
     for r in store.stream(session, store.accepted_clue_pairs().where(kept_for_reasoning())):
-        if (split_of_image(split_of, r.country_code, r.city, r.lat, r.lon, h3_resolution) or "train") != "train":
+        if r.id in held_out_images or \
+                (split_of_image(split_of, r.country_code, r.city, r.lat, r.lon, h3_resolution) or "train") != "train":
             held_out += 1
             continue
         relative = placer.place(r.sha256, r.uri)
