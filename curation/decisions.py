@@ -207,3 +207,16 @@ def pending_images(scorer_version: str, band: tuple[float, float], threshold: fl
     if require_location:
         stmt = stmt.where(Image.lat.is_not(None), Image.lon.is_not(None), Image.country_code.is_not(None))
     return stmt
+
+
+def open_review_count(session: Session, scorer_version: str) -> int:
+    """How many images of `scorer_version` still wait for a reviewer in that version's band (any location): what a
+    run started with `--wait-review` waits on before it exports. 0 for a version without a stored rule (no band,
+    nothing can be pending)."""
+    try:
+        rule = rule_of(session, scorer_version)
+    except LookupError:
+        return 0
+    pending, _ = session.execute(pending_images(scorer_version, rule.band, rule.threshold,
+                                                require_location=False)).one()
+    return int(pending or 0)

@@ -19,6 +19,9 @@ from db.models import Batch, Run, TaskFailure, TrainingRun, utcnow
 from db.upsert import insert_ignore
 
 OPEN = ("queued", "claimed")
+# runs the same submission picks up again: stopped by Ctrl-C, stopped waiting for review, or running (when the
+# process doing it in-process is gone)
+RESUMABLE = ("interrupted", "waiting", "running")
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,16 @@ def describe_failures(failed: Sequence[Batch], shown: int = 3) -> str:
     return "; ".join(parts)
 
 
+def hold(session: Session, run_id: int, step: str, error: str) -> bool:
+    """A running run held after `step` stops waiting (status `waiting`, resumable like an interrupted run); only
+    while it is still there: False when another process moved it on meanwhile."""
+    return session.execute(
+        update(Run).where(Run.id == run_id, Run.status == "running", Run.step == step)
+        .values(status="waiting", error=error[:4000])
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+
+
 def interrupt(session: Session, run_id: int) -> bool:
     """Ctrl-C on a run done in this process: its claims are given back and the next `geocurate run` resumes it."""
     session.execute(
@@ -229,11 +242,12 @@ def interrupt(session: Session, run_id: int) -> bool:
 
 
 def resumable_run(session: Session, params: dict[str, Any], is_dead: Callable[[str | None], bool]) -> Run | None:
-    """The newest run of the same submission (`params` with its steps) that was interrupted, or that is still marked running although the
-    process doing it in-process is gone (killed, machine restarted)."""
-    for run in session.scalars(select(Run).where(Run.status.in_(("interrupted", "running"))).order_by(Run.id.desc())):
+    """The newest run of the same submission (`params` with its steps) that was interrupted, that stopped waiting
+    for review (`waiting`), or that is still marked running although the process doing it in-process is gone
+    (killed, machine restarted)."""
+    for run in session.scalars(select(Run).where(Run.status.in_(RESUMABLE)).order_by(Run.id.desc())):
         same = {k: v for k, v in run.params.items() if k != "owner"} == params
-        if same and (run.status == "interrupted" or is_dead(run.params.get("owner"))):
+        if same and (run.status != "running" or is_dead(run.params.get("owner"))):
             return run
     return None
 

@@ -37,22 +37,27 @@ def run_pipeline(
     *,
     settings: Settings,
     encoding: str | None = None,
+    pending: str | None = None,
+    wait_review: bool = False,
 ) -> int:
     """Submit ingest → score → route (→ export → training) for the images under `directory`; returns the run id.
-    Embedded (no broker): the whole run happens before this returns. With a broker: it returns once the ingest
-    batches are queued; follow it with `run_progress`."""
-    params = pipeline_params(directory, metadata, clues, export, train, source, settings, encoding)
+    Embedded (no broker): the whole run happens before this returns (with `wait_review`, it returns held at the
+    review gate while reviews are open: see `review_hold`). With a broker: it returns once the ingest batches are
+    queued; follow it with `run_progress`."""
+    params = pipeline_params(directory, metadata, clues, export, train, source, settings, encoding, pending,
+                             wait_review)
     return start_run(pipeline_steps(export, train), params, kind="pipeline", settings=settings)
 
 
 def prepare_pipeline(directory: Path | str, metadata: Path | str | None = None, clues: Path | str | None = None,
                      export: str | None = None, train: bool = False, source: str | None = None, *,
-                     settings: Settings,
-                     encoding: str | None = None) -> tuple[int, list[tuple[str, list[int]]], bool]:
+                     settings: Settings, encoding: str | None = None, pending: str | None = None,
+                     wait_review: bool = False) -> tuple[int, list[tuple[str, list[int]]], bool]:
     """run_pipeline without the sending, so the CLI can follow the run while its batches are sent (embedded: done).
-    The same submission as an interrupted run (or one whose in-process runner died) resumes that run instead of
-    starting another. Returns (run id, batches to send by step, resumed)."""
-    params = pipeline_params(directory, metadata, clues, export, train, source, settings, encoding)
+    The same submission as an interrupted run, one that stopped waiting for review, or one whose in-process runner
+    died resumes that run instead of starting another. Returns (run id, batches to send by step, resumed)."""
+    params = pipeline_params(directory, metadata, clues, export, train, source, settings, encoding, pending,
+                             wait_review)
     steps = pipeline_steps(export, train)
     owner = worker_id() if settings.embedded else None
     with session_scope(settings.database_url) as session:
@@ -92,13 +97,29 @@ def failed_items(run_id: int, settings: Settings) -> list[tuple[str, int, str, l
 
 
 def pipeline_params(directory: Path | str, metadata: Path | str | None, clues: Path | str | None, export: str | None,
-                    train: bool, source: str | None, settings: Settings, encoding: str | None = None) -> dict[str, Any]:
+                    train: bool, source: str | None, settings: Settings, encoding: str | None = None,
+                    pending: str | None = None, wait_review: bool = False) -> dict[str, Any]:
+    """The run's params, stored on its row: every step plans from them and a resumed run keeps them, so the
+    pending policy and the review wait are here (the wait's timeout is not: it belongs to one command, and the same
+    command with another timeout resumes the same run)."""
+    from curation.decisions import PENDING_POLICIES
+
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"image directory {directory} does not exist")
     if train and not export:
         raise UserError("--train needs --export NAME: training reads an export")
+    if pending is not None and pending not in PENDING_POLICIES:
+        raise UserError(f"--pending must be one of {', '.join(PENDING_POLICIES)}, not {pending!r}")
+    if pending is not None and not export:
+        raise UserError("--pending needs --export NAME: it says what the export does with images waiting for review")
+    if wait_review and not export:
+        raise UserError("--wait-review needs --export NAME: it holds the export until the review band is answered")
     params: dict[str, Any] = {"directory": str(directory.resolve()), "source": source, "export": export}
+    if export:
+        params["pending"] = pending or "exclude"
+    if wait_review:
+        params["wait_review"] = True
     if encoding:
         params["encoding"] = encoding
     if metadata:
@@ -205,9 +226,12 @@ def after_batch(run_id: int, step: str, settings: Settings) -> str | None:
 
 def _advance_from(session, run_id: int, step: str, steps: list[str], params: dict[str, Any],
                   settings: Settings) -> tuple[str, list[int]] | None:
-    """Move past `step` and plan the next step with work; steps with nothing to do are passed through."""
+    """Move past `step` and plan the next step with work; steps with nothing to do are passed through. A run
+    that waits for review is held after its route step while the band has open review tasks (`review_hold`)."""
     current = step
     while True:
+        if current == GATE_STEP and _open_reviews(session, run_id, params):
+            return None
         following = steps[steps.index(current) + 1] if steps.index(current) + 1 < len(steps) else "done"
         if not batches.advance(session, run_id, current, following):
             return None  # another worker finished the step at the same moment and moved the run on
@@ -217,6 +241,66 @@ def _advance_from(session, run_id: int, step: str, steps: list[str], params: dic
         if payloads:
             return following, batches.add_batches(session, run_id, following, payloads)
         current = following
+
+
+GATE_STEP = "route"  # a run with `wait_review` is held after this step while its band has open review tasks
+
+
+def _open_reviews(session, run_id: int, params: dict[str, Any]) -> int:
+    """Open review tasks in the run's scorer version's band, when the run waits for review (else 0)."""
+    if not params.get("wait_review"):
+        return 0
+    from curation.decisions import open_review_count
+    from workers.steps import scorer_version_of
+
+    version = scorer_version_of(session, run_id)
+    return open_review_count(session, version) if version else 0
+
+
+def review_hold(run_id: int, settings: Settings) -> int | None:
+    """How many review tasks a run started with `--wait-review` waits on, when it is held at the review gate
+    (running, its route step over, open tasks in its band); None when it is not held there.
+
+    Why the wait is a gate in the hand-over and not a step or a sleeping task: the hand-over after the route step
+    (`_advance_from`) is the one place every path goes through — the embedded runner, the worker that finishes the
+    route batch, `reconcile` on every beat and a resumed command — so each re-checks the same condition and the
+    first to find the band answered moves the run on, once (the guarded UPDATE). Nothing holds a worker or a lease
+    while people review; the run stays one row, and the command that started it waits (pulling Label Studio's
+    answers) and moves it on itself, or marks it `waiting` on timeout so the same command resumes it."""
+    with session_scope(settings.database_url) as session:
+        run = batches.get_run(session, run_id)
+        if run is None or run.status != "running" or run.step != GATE_STEP or not run.params.get("wait_review"):
+            return None
+        counts = batches.step_counts(session, run_id, GATE_STEP)
+        if counts.get("queued") or counts.get("claimed"):
+            return None
+        return _open_reviews(session, run_id, run.params) or None
+
+
+def review_scope(run_id: int, settings: Settings) -> dict[str, Any]:
+    """The scorer version, threshold and band a held run waits on (for the messages)."""
+    from curation.decisions import rule_of
+    from workers.steps import scorer_version_of
+
+    with session_scope(settings.database_url) as session:
+        version = scorer_version_of(session, run_id)
+        try:
+            rule = rule_of(session, version) if version else None
+        except LookupError:  # a version without a stored rule holds nothing
+            rule = None
+        run = batches.get_run(session, run_id)
+        return {"scorer_version": version, "threshold": rule.threshold if rule else None,
+                "band": rule.band if rule else None, "export": run.params.get("export") if run else None}
+
+
+def stop_waiting(run_id: int, open_tasks: int, waited: float, settings: Settings) -> bool:
+    """The wait timed out: the run is marked `waiting` (never done: its export is not built), and the same command
+    resumes it. False when the run was moved on meanwhile (reconcile found the band answered)."""
+    with session_scope(settings.database_url) as session:
+        return batches.hold(session, run_id, GATE_STEP,
+                            f"{open_tasks} open review task(s) after {waited:.0f} s; run the same command again "
+                            "to keep waiting, or without --wait-review, with --pending exclude (they are left out) "
+                            "or --pending score (their score decides), to export now")
 
 
 def reconcile(settings: Settings) -> dict[str, int]:
@@ -273,7 +357,7 @@ def run_progress(run_id: int, settings: Settings) -> dict[str, Any]:
         if run is None:
             raise UserError(f"run {run_id} does not exist")
         return {"status": run.status, "step": run.step, "error": run.error, "steps": list(run.params["steps"]),
-                "summary": batches.run_summary(session, run_id)}
+                "summary": batches.run_summary(session, run_id), "wait_review": bool(run.params.get("wait_review"))}
 
 
 def run_outcome(run_id: int, settings: Settings) -> dict[str, Any]:
@@ -332,6 +416,12 @@ def run_outcome(run_id: int, settings: Settings) -> dict[str, Any]:
             facts.append(f"export {result['export']} unchanged (content hash {result.get('content_hash', '')[:12]})")
         elif result.get("export"):
             changes.append(f"export {result['export']} built")
+            waiting = (result.get("counts") or {}).get("pending_review") or {}
+            if waiting.get("pending"):
+                notes.append(f"export {result['export']}: {waiting['pending']} image(s) waited for review: "
+                             + (f"{waiting['left_out']} left out (--pending exclude)" if waiting["policy"] == "exclude"
+                                else f"{waiting['kept_by_score']} kept and {waiting['dropped_by_score']} dropped by "
+                                     "their score (--pending score)"))
     for step in summary:
         if step.startswith("train:"):
             for result in results[step]:

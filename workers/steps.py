@@ -213,7 +213,8 @@ def work_export(session: Session, claim: Claim, params: dict[str, Any], settings
     version = scorer_version_of(session, claim.run_id) if params.get("kind") != "export" else None
     # stages this run trains next: the build refuses an export they could not use (curation.export.readiness)
     trains = tuple(step.split(":", 1)[1] for step in params.get("steps", ()) if step.startswith("train:"))
-    export_params = ExportParams.from_settings(settings, name, scorer_version=version, train_stages=trains)
+    export_params = ExportParams.from_settings(settings, name, scorer_version=version, train_stages=trains,
+                                               pending=params.get("pending", "exclude"))
     selection = plan_selection(session, export_params)
     existing = export_by_id_or_name(session, name)
     if existing is not None and existing.status == "done":
