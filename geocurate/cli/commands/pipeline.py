@@ -82,21 +82,24 @@ def run_folder(directory: Path, metadata: Path | None = None, clues: Path | None
     state = _drive(run_id, to_send, settings)
     if state["status"] == "running" and state.get("wait_review"):
         if _wait_for_review(run_id, settings, timeout):
-            state = _drive(run_id, [], settings)  # the band is answered: export (and train) now
+            # the band is answered: export (and train) now; the bars of the steps before the wait were shown
+            state = _drive(run_id, [], settings, shown=frozenset(state["steps"][:state["steps"].index("route") + 1]))
         else:
             state = pipeline.run_progress(run_id, settings)
     _report(run_id, state, settings)
     return state
 
 
-def _drive(run_id: int, to_send: list[tuple[str, list[int]]], settings) -> dict[str, Any]:
-    """Do (embedded) or send and follow (workers) the run until it ends or is held at the review gate."""
+def _drive(run_id: int, to_send: list[tuple[str, list[int]]], settings,
+           shown: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Do (embedded) or send and follow (workers) the run until it ends or is held at the review gate; no bar
+    for the steps in `shown`."""
     from workers import pipeline
 
     if settings.embedded:
-        return _run_here(run_id, to_send, settings)
+        return _run_here(run_id, to_send, settings, shown)
     pipeline.continue_run(run_id, to_send, settings)
-    return _follow_only(run_id, settings)
+    return _follow_only(run_id, settings, shown)
 
 
 def _wait_for_review(run_id: int, settings, timeout: float | None) -> bool:
@@ -151,13 +154,14 @@ def _pull_answers(settings) -> int:
         return 0
 
 
-def _run_here(run_id: int, to_send: list[tuple[str, list[int]]], settings) -> dict[str, Any]:
+def _run_here(run_id: int, to_send: list[tuple[str, list[int]]], settings,
+              shown: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Embedded: the work runs in this (main) thread, where Ctrl-C and SIGTERM arrive as KeyboardInterrupt; the
     batch in hand is given back, the run is marked interrupted, and the progress display stops with it."""
     from workers import pipeline
 
     stop = threading.Event()
-    display = threading.Thread(target=follow, args=(run_id, settings, stop), daemon=True)
+    display = threading.Thread(target=follow, args=(run_id, settings, stop, shown), daemon=True)
     display.start()
     try:
         with _stop_signals():
@@ -170,11 +174,11 @@ def _run_here(run_id: int, to_send: list[tuple[str, list[int]]], settings) -> di
     return pipeline.run_progress(run_id, settings)
 
 
-def _follow_only(run_id: int, settings) -> dict[str, Any]:
+def _follow_only(run_id: int, settings, shown: frozenset[str] = frozenset()) -> dict[str, Any]:
     from workers import pipeline
 
     try:
-        follow(run_id, settings, threading.Event())
+        follow(run_id, settings, threading.Event(), shown)
     except KeyboardInterrupt:
         state = pipeline.run_progress(run_id, settings)
         if state["status"] == "running":
@@ -247,8 +251,9 @@ def _broker(settings) -> str:
     return masked(settings.broker_url or "")
 
 
-def follow(run_id: int, settings, stop: threading.Event) -> dict[str, Any]:
-    """Progress bars from store counts until the run ends or `stop` is set."""
+def follow(run_id: int, settings, stop: threading.Event, shown: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Progress bars from store counts (none for the steps in `shown`) until the run ends, is held at the review
+    gate, or `stop` is set."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -264,7 +269,7 @@ def follow(run_id: int, settings, stop: threading.Event) -> dict[str, Any]:
             state = pipeline.run_progress(run_id, settings)
             for step in state["steps"]:
                 entry = state["summary"].get(step)
-                if entry is None:
+                if entry is None or step in shown:
                     continue
                 total = sum(entry["batches"].values())
                 finished = entry["batches"].get("done", 0) + entry["batches"].get("failed", 0)
