@@ -166,6 +166,8 @@ NOTHING_REACHABLE = [
     (["eval", "ex1"], STORE),
     (["quarantine", "list"], STORE),
     (["runs", "list"], STORE),
+    (["versions", "list"], STORE),
+    (["predict", "images/a/street.png", "--export", "ex1"], STORE),
     (["demo", "--images", "4", "--clues", "4"], STORE),
     (["worker"], BROKER),
     (["beat"], BROKER),
