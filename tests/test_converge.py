@@ -129,6 +129,7 @@ def test_run_export_twice_is_a_no_op_and_other_content_under_the_name_is_refused
     assert "export 'v1' already exists with other content" in message
     assert "threshold" in message and "kept images 6 -> 8" in message and "choose a new name" in message
     assert "Traceback" not in message
+    assert "change what was refused" in message and "run the same command again" not in message
     with session_scope(url) as session:
         assert session.scalar(select(Export.content_hash).where(Export.name == "v1")) == content_hash  # untouched
 

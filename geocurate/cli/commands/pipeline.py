@@ -239,9 +239,14 @@ def _report(run_id: int, state: dict[str, Any], settings) -> None:
         return
     typer.secho(f"run {run_id} {status} at step {state['step']}: {state['error'] or 'see geocurate status'}",
                 err=True, fg=typer.colors.RED)
-    for step, seq, error, items in pipeline.failed_items(run_id, settings):
+    failed = pipeline.failed_items(run_id, settings)
+    for step, seq, error, items in failed:
         shown = ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
         typer.echo(f"  failed: step {step}, batch {seq}: {error[:800]}\n    items: {shown}", err=True)
+    if failed and all(error.startswith("UserError") for _, _, error, _ in failed):
+        # a refused request (an export name taken by other content): the same command would be refused again
+        typer.echo("change what was refused (above) and run again: the work already done is kept", err=True)
+        return
     typer.echo("fix the cause and run the same command again: only the missing work is done", err=True)
 
 
