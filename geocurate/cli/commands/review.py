@@ -78,6 +78,8 @@ def pull() -> None:
                + (f"; {s.quarantined} unknown countries quarantined" if s.quarantined else ""))
 
 
+WIDE_TABLE = 120  # columns from which `review list` also shows priority, Label Studio task and reason
+
 @review_app.command("list")
 def list_queue(kind: Kind = typer.Option(None, help="Only images or only clues."),
                state: list[str] = typer.Option(["pending", "conflicted"], help="States to show (repeatable): pending, "
@@ -94,21 +96,30 @@ def list_queue(kind: Kind = typer.Option(None, help="Only images or only clues."
         details = queue_details(session, rows)
         shown = [(r.id, r.item_kind, r.item_id, r.priority, r.state, r.final_label, r.ls_task_id, r.reason,
                   r.scorer_version) for r in rows]
+    console = Console()
+    wide = console.width >= WIDE_TABLE  # priority, Label Studio task and reason only where they fit
     table = Table(title="review queue")
-    for column in ("id", "item", "file / clue", "country", "score", "priority"):
-        table.add_column(column, overflow="fold")
+    for column in ("id", "item"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("file / clue", overflow="fold", ratio=1)
+    for column in ("country", "score") + (("priority",) if wide else ()):
+        table.add_column(column, no_wrap=True)
     table.add_column("state", no_wrap=True, min_width=10)  # what a reader scans for: never cut
-    for column in ("label", "LS task", "reason"):
-        table.add_column(column, overflow="fold")
+    table.add_column("label", no_wrap=True)
+    if wide:
+        table.add_column("LS task", no_wrap=True)
+        table.add_column("reason", overflow="fold", ratio=2)
     for task_id, item_kind, item_id, priority, task_state, label, ls_task_id, reason, version in shown:
         what, country, score = details.get(task_id, ("", None, None))
         if item_kind == "image" and what:
             what = Path(local_path(what)).name
-        table.add_row(str(task_id), f"{item_kind} {item_id}", what[:60], country or "",
-                      f"{score:.3f}" if score is not None else "",
-                      f"{priority:.2f}" if priority is not None else "", task_state, label or "",
-                      str(ls_task_id or ""), reason or "")
-    Console().print(table)
+        cells = [str(task_id), f"{item_kind} {item_id}", what[:60], country or "",
+                 f"{score:.3f}" if score is not None else ""]
+        cells += [f"{priority:.2f}" if priority is not None else ""] if wide else []
+        cells += [task_state, label or ""]
+        cells += [str(ls_task_id or ""), reason or ""] if wide else []
+        table.add_row(*cells)
+    console.print(table)
     if not shown:
         typer.echo(f"no {'/'.join(state)} review task" + (f" of kind {_kind(kind)}" if kind else ""))
 
