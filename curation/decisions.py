@@ -87,9 +87,15 @@ class DecisionRule:
         return cls(settings.threshold, settings.review_band_low, settings.review_band_high)
 
 
+def stored_rule(session: Session, scorer_version: str) -> DecisionRule | None:
+    """The decision rule stored with `scorer_version`, None when the store has none (scores written without
+    registering their version: no band, so nothing of it can wait for review)."""
+    return DecisionRule.from_params(scorer_params(session, scorer_version))
+
+
 def rule_of(session: Session, scorer_version: str) -> DecisionRule:
     """The decision rule stored with `scorer_version`; LookupError when the store has no parameters for it."""
-    rule = DecisionRule.from_params(scorer_params(session, scorer_version))
+    rule = stored_rule(session, scorer_version)
     if rule is None:
         raise LookupError(f"scorer version {scorer_version!r} has no recorded threshold and review band")
     return rule
@@ -213,9 +219,8 @@ def open_review_count(session: Session, scorer_version: str) -> int:
     """How many images of `scorer_version` still wait for a reviewer in that version's band (any location): what a
     run started with `--wait-review` waits on before it exports. 0 for a version without a stored rule (no band,
     nothing can be pending)."""
-    try:
-        rule = rule_of(session, scorer_version)
-    except LookupError:
+    rule = stored_rule(session, scorer_version)
+    if rule is None:
         return 0
     pending, _ = session.execute(pending_images(scorer_version, rule.band, rule.threshold,
                                                 require_location=False)).one()

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, bindparam, func, select, text, update
+from sqlalchemy import DateTime, and_, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import Image, Score, ScorerVersion, utcnow
@@ -69,11 +69,20 @@ def scored_image_ids(session: Session, scorer_version: str, image_ids: Iterable[
     return found
 
 
+def _unscored(scorer_version: str):
+    scored = select(Score.id).where(Score.image_id == Image.id, Score.scorer_version == scorer_version)
+    return and_(Image.status != "quarantined", ~scored.exists())
+
+
 def unscored_image_ids(session: Session, scorer_version: str, limit: int | None = None) -> list[int]:
     """Images not quarantined and without a score under this version, oldest first."""
-    scored = select(Score.id).where(Score.image_id == Image.id, Score.scorer_version == scorer_version)
-    query = select(Image.id).where(Image.status != "quarantined", ~scored.exists()).order_by(Image.id)
+    query = select(Image.id).where(_unscored(scorer_version)).order_by(Image.id)
     return list(session.scalars(query.limit(limit) if limit else query))
+
+
+def count_unscored_images(session: Session, scorer_version: str) -> int:
+    """How many images `unscored_image_ids` would list, counted in the database."""
+    return session.scalar(select(func.count()).select_from(Image).where(_unscored(scorer_version))) or 0
 
 
 def image_id_ranges(session: Session, scorer_version: str, parts: int) -> list[tuple[int, int]]:

@@ -279,15 +279,12 @@ def review_hold(run_id: int, settings: Settings) -> int | None:
 
 def review_scope(run_id: int, settings: Settings) -> dict[str, Any]:
     """The scorer version, threshold and band a held run waits on (for the messages)."""
-    from curation.decisions import rule_of
+    from curation.decisions import stored_rule
     from workers.steps import scorer_version_of
 
     with session_scope(settings.database_url) as session:
         version = scorer_version_of(session, run_id)
-        try:
-            rule = rule_of(session, version) if version else None
-        except LookupError:  # a version without a stored rule holds nothing
-            rule = None
+        rule = stored_rule(session, version) if version else None  # a version without a stored rule holds nothing
         run = batches.get_run(session, run_id)
         return {"scorer_version": version, "threshold": rule.threshold if rule else None,
                 "band": rule.band if rule else None, "export": run.params.get("export") if run else None}

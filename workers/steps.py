@@ -144,12 +144,13 @@ def converge(session: Session, settings: Settings) -> dict[str, Any]:
     """The current scorer version, with every image scored before under the same segmentation carried over to it
     from its stored class ratios (curation.score_store.carry_over_scores: no model runs). Images segmented by other
     models are counted, not scored here: `geocurate score` segments them."""
-    from curation.score_store import carry_over_scores, pending_image_ids
+    from curation.score_store import carry_over_scores
+    from db.scores import count_unscored_images
 
     scorer = process.get_scorer(settings)
     carried = carry_over_scores(session, scorer.version, scorer.params, scorer.weights)
     result: dict[str, Any] = {"scorer_version": scorer.version, "carried_over": carried}
-    unscored = len(pending_image_ids(session, scorer.version))
+    unscored = count_unscored_images(session, scorer.version)
     if unscored:
         result["unscored_other_models"] = unscored
     return result

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from curation.decisions import PENDING_POLICIES, PendingPolicy, rule_of
+from curation.decisions import PENDING_POLICIES, PendingPolicy, stored_rule
 from curation.splits import parse_split
 from geocurate.errors import UserError
 
@@ -118,10 +118,7 @@ class ExportParams:
             if not latest:
                 raise UserError("the store has no scores yet; run `geocurate score` first")
             params = params.with_scorer_version(latest)
-        try:
-            rule = rule_of(session, params.scorer_version)
-        except LookupError:
-            rule = None
+        rule = stored_rule(session, params.scorer_version)
         if params.threshold is None:
             if rule is None:
                 raise UserError(f"scorer version {params.scorer_version} has no recorded threshold: pass --threshold")

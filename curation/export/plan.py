@@ -38,11 +38,11 @@ class Selection:
 
 def plan_selection(session: Session, params: ExportParams) -> Selection:
     """The selection `build_export(params)` would start from, read from the store (no file is written)."""
-    resolved = params.resolved(session) if hasattr(params, "resolved") else params
+    resolved = params.resolved(session)
     parameters = resolved.hashed()
     digest = hashlib.sha256(json.dumps(parameters, sort_keys=True, default=str).encode())
     kept = decided_images(resolved.scorer_version, resolved.threshold, lean=True,
-                          **_pending_filter(resolved)).order_by(Image.id)
+                          exclude_pending=resolved.excluded_band).order_by(Image.id)
     kept_images = 0
     for row in store.stream_rows(session, kept):
         digest.update(repr(tuple(row)).encode())
@@ -53,11 +53,6 @@ def plan_selection(session: Session, params: ExportParams) -> Selection:
         digest.update(repr(tuple(row)).encode())
         clue_pairs += 1
     return Selection(digest.hexdigest(), parameters, kept_images, clue_pairs)
-
-
-def _pending_filter(params: ExportParams) -> dict[str, Any]:
-    band = getattr(params, "excluded_band", None)
-    return {"exclude_pending": band} if band is not None else {}
 
 
 def record_selection(session: Session, export_id: int, selection: Selection) -> None:

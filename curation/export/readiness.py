@@ -20,8 +20,6 @@ from db.exports import accepted_clue_pairs
 from db.models import Image, Score
 from geocurate.errors import UserError
 
-STAGES = TRAIN_STAGES
-
 
 class EmptyExport(UserError):
     """An export without a usable example for a stage that is to be trained on it."""
@@ -87,7 +85,7 @@ def required_stages(stages: tuple[str, ...]) -> list[str]:
             if stage in stages and (stage == "location" or "location" not in stages)]
 
 
-def check_trainable(session: Session, params: ExportParams, stages: tuple[str, ...] = STAGES) -> Usable:
+def check_trainable(session: Session, params: ExportParams, stages: tuple[str, ...] = TRAIN_STAGES) -> Usable:
     """Raise EmptyExport when a required stage of `stages` would get no example from the store; returns the
     counts."""
     usable = usable_counts(session, params)
@@ -101,13 +99,11 @@ def check_trainable(session: Session, params: ExportParams, stages: tuple[str, .
 def check_built(session: Session, params: ExportParams, counts: dict, stages: tuple[str, ...]) -> None:
     """Raise EmptyExport when the built train split of a required stage of `stages` is empty (before the folder is put in
     place, so a refused export leaves no folder)."""
-    train = {"location": counts["location"]["train"], "reasoning": counts["reasoning"]["train"]}
-    for stage in required_stages(stages):
-        if train[stage] == 0:
-            raise EmptyExport(empty_stage_message(params, usable_counts(session, params), stage, train[stage]))
+    for stage in empty_stages(counts, stages):
+        raise EmptyExport(empty_stage_message(params, usable_counts(session, params), stage, train_examples=0))
 
 
-def empty_stages(counts: dict, stages: tuple[str, ...] = STAGES) -> list[str]:
+def empty_stages(counts: dict, stages: tuple[str, ...] = TRAIN_STAGES) -> list[str]:
     """Required stages (of a training of `stages`) whose train split of a built export is empty: what
     `geocurate export` warns about when it was not asked to train."""
     train = {"location": counts["location"]["train"], "reasoning": counts["reasoning"]["train"]}
