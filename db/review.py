@@ -247,9 +247,9 @@ def queue_details(session: Session, tasks: Sequence[ReviewTask]) -> dict[int, tu
             details[task.id] = (image.uri if image else "", task.final_country or (image.country_code if image else None),
                                 score)
     if clues:
-        texts = dict(session.execute(select(Clue.id, Clue.text).where(Clue.id.in_([t.item_id for t in clues]))).all())
-        countries = dict(session.execute(select(Clue.id, Clue.country)
-                                         .where(Clue.id.in_([t.item_id for t in clues]))).all())
+        found = {clue_id: (text, country) for clue_id, text, country in session.execute(
+            select(Clue.id, Clue.text, Clue.country).where(Clue.id.in_([t.item_id for t in clues])))}
         for task in clues:
-            details[task.id] = (texts.get(task.item_id, ""), task.final_country or countries.get(task.item_id), None)
+            text, country = found.get(task.item_id, ("", None))
+            details[task.id] = (text, task.final_country or country, None)
     return details

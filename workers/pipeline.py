@@ -379,7 +379,11 @@ def run_outcome(run_id: int, settings: Settings) -> dict[str, Any]:
     if new_clues:
         changes.append(f"{new_clues} new clue(s)")
     if "ingest" in summary and not added:
-        facts.append(f"no new images ({duplicates} already stored)")
+        facts.append(f"no new images ({duplicates} already stored)" if duplicates else "no new images")
+    quarantined = count("ingest", "quarantined", "clues.quarantined")
+    if quarantined:
+        notes.append(f"{quarantined} input file(s) or line(s) quarantined, each with its reason: "
+                     "geocurate quarantine list")
     scored, carried, pairs = count("score", "scored"), count("score", "carried_over"), count("score", "pairs")
     version = next((r["scorer_version"] for r in results.get("score", []) if "carried_over" in r), None)
     if scored:
